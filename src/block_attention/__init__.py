@@ -1,0 +1,28 @@
+"""Block-Attention for RAG: cache each passage's KV once, reuse it in any order, prefill only the question.
+
+Importing the package does no work; names are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Block": "blocks",
+    "BlockAttentionEngine": "engine", "Generation": "engine", "RequestStats": "engine", "PrefillOutput": "engine",
+    "EngineConfig": "config", "GenerationConfig": "config",
+    "PromptConfig": "prompt", "PromptBuilder": "prompt",
+    "KVStore": "store", "StoreConfig": "store",
+    "BlockAttentionError": "errors", "UnsupportedModelError": "errors", "ContextTooLongError": "errors",
+    "InvalidRequestError": "errors", "ConfigError": "errors", "StoreError": "errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'block_attention' has no attribute {name!r}")

@@ -1,0 +1,107 @@
+"""Configuration of the KV store (memory LRU tier + optional disk tier).
+
+:class:`StoreConfig` is frozen and validated when constructed: an invalid value raises
+:class:`~block_attention.errors.ConfigError` with a sentence that names the fix. Nothing here touches the disk or
+a device; opening the disk directory happens in :class:`~block_attention.store.tiered.KVStore`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from block_attention.errors import ConfigError
+
+GiB = 1024**3
+MIN_DISK_BYTES = 1024**2  # below this the sqlite index alone would fill the budget
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where and how much block KV is kept.
+
+    * ``memory_bytes``: budget of the in-memory LRU tier (exact sum of tensor bytes); ``0`` disables it.
+    * ``disk_dir``: directory of the disk tier (created if missing); ``None`` disables it.
+    * ``disk_bytes``: approximate bound of the disk tier (sqlite pages + value files), at least 1 MiB.
+    * ``memory_device``: device the memory tier keeps tensors on (e.g. ``"cuda:0"``); ``None`` keeps them where
+      they were produced (CPU for entries read back from disk).
+    """
+
+    memory_bytes: int = 2 * GiB
+    disk_dir: str | os.PathLike[str] | None = None
+    disk_bytes: int = 20 * GiB
+    memory_device: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_memory_bytes(self.memory_bytes)
+        _check_disk_dir(self.disk_dir)
+        _check_disk_bytes(self.disk_bytes)
+        _check_memory_device(self.memory_device)
+
+    @property
+    def memory_enabled(self) -> bool:
+        return self.memory_bytes > 0
+
+    @property
+    def disk_enabled(self) -> bool:
+        return self.disk_dir is not None
+
+
+def _check_memory_bytes(value: object) -> None:
+    if not _is_int(value) or value < 0:  # type: ignore[operator]
+        raise ConfigError(
+            f"StoreConfig.memory_bytes must be a non-negative integer number of bytes, got {value!r}; "
+            "pass e.g. memory_bytes=2 * 1024**3, or 0 to disable the memory tier."
+        )
+
+
+def _check_disk_dir(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(
+            f"StoreConfig.disk_dir must be a path (str or os.PathLike) or None, got {type(value).__name__}; "
+            "pass a directory path, or None to disable the disk tier."
+        )
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(
+            "StoreConfig.disk_dir must be a non-empty text path; pass a directory path, or None to disable the "
+            "disk tier."
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(
+            f"StoreConfig.disk_dir {path!r} exists but is not a directory; pass a directory path (it is created "
+            "if missing), or None to disable the disk tier."
+        )
+
+
+def _check_disk_bytes(value: object) -> None:
+    if not _is_int(value) or value < MIN_DISK_BYTES:  # type: ignore[operator]
+        raise ConfigError(
+            f"StoreConfig.disk_bytes must be an integer of at least {MIN_DISK_BYTES} bytes (1 MiB), got {value!r}; "
+            "pass e.g. disk_bytes=20 * 1024**3."
+        )
+
+
+def _check_memory_device(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"StoreConfig.memory_device must be a device string such as 'cpu' or 'cuda:0', or None, got "
+            f"{type(value).__name__}; pass str(device)."
+        )
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"StoreConfig.memory_device {value!r} is not a valid torch device ({exc}); pass e.g. 'cpu' or "
+            "'cuda:0', or None to keep tensors where they were produced."
+        ) from None

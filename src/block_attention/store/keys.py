@@ -1,0 +1,39 @@
+"""Cache keys: model fingerprint + document id + hash of the block's exact token ids.
+
+A changed document changes its token hash; a changed model (weights, dtype, tokenizer, rotary config, block
+template or marker) changes the fingerprint. Either way the old entry can never be hit again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT_VERSION = 1  # bump when the meaning of stored KV changes
+
+
+def token_hash(token_ids: Sequence[int]) -> str:
+    """Hash of the exact token ids of a block (its content, as the model sees it)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(",".join(str(int(t)) for t in token_ids).encode("ascii"))
+    return h.hexdigest()
+
+
+def fingerprint(parts: Mapping[str, Any]) -> str:
+    """Stable digest of everything that determines a block's KV besides its tokens."""
+    payload = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    fingerprint: str
+    doc_id: str
+    content_hash: str
+
+    def as_str(self) -> str:
+        """Flat string form (the disk tier's key). ``doc_id`` goes last-but-one, JSON-quoted, so any id is safe."""
+        return f"v{FORMAT_VERSION}|{self.fingerprint}|{json.dumps(self.doc_id)}|{self.content_hash}"

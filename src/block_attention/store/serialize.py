@@ -1,0 +1,143 @@
+"""Byte format of one stored block KV entry (the disk tier's values). Never pickle.
+
+Layout::
+
+    b"BAKV" | layout version (u16 LE) | payload length (u64 LE) | blake2b-256(payload) | payload
+
+``payload`` is a safetensors blob with exactly two tensors, ``"keys"`` and ``"values"``, and string metadata
+``format_version, fingerprint, doc_id, content_hash, dtype, shape``. :func:`loads` trusts nothing: wrong magic or
+version, truncation, a digest mismatch, a safetensors parse failure, metadata naming another cache key, or tensors
+whose dtype/shape disagree with the metadata all raise :class:`~block_attention.errors.CorruptEntryError` with the
+reason. Tensors come back on CPU, contiguous, owning their memory; every dtype (bf16 included) round-trips
+bitwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from block_attention.errors import CorruptEntryError
+from block_attention.kv import BlockKV
+from block_attention.store.keys import FORMAT_VERSION, CacheKey
+
+MAGIC = b"BAKV"
+LAYOUT_VERSION = 1  # bump when this byte layout changes
+_DIGEST_SIZE = 32
+_PREFIX = struct.Struct("<4sHQ")  # magic, layout version, payload length
+HEADER_SIZE = _PREFIX.size + _DIGEST_SIZE
+_TENSOR_NAMES = frozenset({"keys", "values"})
+
+
+def dumps(key: CacheKey, kv: BlockKV) -> bytes:
+    """Serialize ``kv`` (any device) for ``key``; the tensors themselves are not modified."""
+    keys, values = _cpu_contiguous(kv)
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "fingerprint": key.fingerprint,
+        "doc_id": key.doc_id,
+        "content_hash": key.content_hash,
+        "dtype": _dtype_name(keys.dtype),
+        "shape": json.dumps(list(keys.shape)),
+    }
+    payload = st_save({"keys": keys, "values": values}, metadata=metadata)
+    prefix = _PREFIX.pack(MAGIC, LAYOUT_VERSION, len(payload))
+    return prefix + _digest(payload) + payload
+
+
+def loads(key: CacheKey, data: bytes) -> BlockKV:
+    """Parse and validate an entry read from the slot of ``key``; raise ``CorruptEntryError`` on any mismatch."""
+    payload = _check_envelope(data)
+    metadata = _read_metadata(payload)
+    _check_metadata(key, metadata)
+    tensors = _read_tensors(payload)
+    return _check_tensors(tensors, metadata)
+
+
+def _cpu_contiguous(kv: BlockKV) -> tuple[torch.Tensor, torch.Tensor]:
+    keys = kv.keys.detach().to("cpu").contiguous()
+    values = kv.values.detach().to("cpu").contiguous()
+    if keys.untyped_storage().data_ptr() == values.untyped_storage().data_ptr():
+        values = values.clone()  # safetensors refuses tensors that share storage
+    return keys, values
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _digest(payload: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
+
+
+def _check_envelope(data: bytes) -> memoryview:
+    if not isinstance(data, (bytes, bytearray)):
+        raise CorruptEntryError(f"entry is a {type(data).__name__}, not bytes")
+    if len(data) < HEADER_SIZE:
+        raise CorruptEntryError(f"entry is truncated: {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    magic, version, length = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise CorruptEntryError(f"entry has wrong magic bytes {magic!r} (expected {MAGIC!r})")
+    if version != LAYOUT_VERSION:
+        raise CorruptEntryError(f"entry has layout version {version}, this library reads version {LAYOUT_VERSION}")
+    payload = memoryview(data)[HEADER_SIZE:]
+    if len(payload) != length:
+        raise CorruptEntryError(f"entry is truncated or padded: payload has {len(payload)} bytes, header says {length}")
+    if _digest(payload) != bytes(data[_PREFIX.size : HEADER_SIZE]):
+        raise CorruptEntryError("entry digest mismatch: the stored bytes were altered")
+    return payload
+
+
+def _read_metadata(payload: memoryview) -> dict[str, str]:
+    """Read the safetensors JSON header ourselves: ``safetensors.torch.load`` does not return metadata."""
+    try:
+        (header_len,) = struct.unpack_from("<Q", payload, 0)
+        header = json.loads(bytes(payload[8 : 8 + header_len]).decode("utf-8"))
+        metadata = header["__metadata__"]
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise CorruptEntryError(f"entry has an unreadable safetensors header ({exc!r})") from None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptEntryError("entry metadata is not a mapping of strings")
+    return metadata
+
+
+def _check_metadata(key: CacheKey, metadata: dict[str, str]) -> None:
+    expected = {
+        "format_version": str(FORMAT_VERSION),
+        "fingerprint": key.fingerprint,
+        "doc_id": key.doc_id,
+        "content_hash": key.content_hash,
+    }
+    for name, want in expected.items():
+        got = metadata.get(name)
+        if got != want:
+            raise CorruptEntryError(f"entry metadata {name}={got!r} does not match the requested key ({want!r})")
+
+
+def _read_tensors(payload: memoryview) -> dict[str, torch.Tensor]:
+    try:
+        tensors = st_load(bytes(payload))
+    except Exception as exc:  # safetensors raises its own SafetensorError and assorted others
+        raise CorruptEntryError(f"entry payload failed to parse as safetensors ({exc})") from None
+    if set(tensors) != _TENSOR_NAMES:
+        raise CorruptEntryError(f"entry holds tensors {sorted(tensors)}, expected ['keys', 'values']")
+    return tensors
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> BlockKV:
+    keys, values = tensors["keys"], tensors["values"]
+    shape_text = metadata.get("shape")
+    for name, tensor in (("keys", keys), ("values", values)):
+        if _dtype_name(tensor.dtype) != metadata.get("dtype"):
+            want = metadata.get("dtype")
+            raise CorruptEntryError(f"entry {name} dtype {tensor.dtype} does not match metadata {want!r}")
+        if json.dumps(list(tensor.shape)) != shape_text:
+            raise CorruptEntryError(f"entry {name} shape {list(tensor.shape)} does not match metadata {shape_text!r}")
+    if keys.dim() != 4:
+        raise CorruptEntryError(f"entry tensors have {keys.dim()} dimensions, expected 4 [layers, heads, tokens, dim]")
+    return BlockKV(keys.contiguous(), values.contiguous())
