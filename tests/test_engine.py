@@ -135,3 +135,21 @@ def test_bad_generation_options(tok, llama, docs):
         GenerationConfig(temperature=0)
     with pytest.raises(ConfigError, match="mode"):
         engine.generate(docs, QUESTION, mode="sparse")  # type: ignore[arg-type]
+
+
+def test_bf16_block_path_tracks_oracle(tok, docs):
+    model = tiny_model("qwen2", seed=3, dtype=torch.bfloat16)
+    engine = BlockAttentionEngine(model, tok, store=False)
+    out = engine.prefill(docs, QUESTION, all_logits=True)
+    assert out.logits.dtype == torch.bfloat16
+    ref = reference_logits(model, out.layout)
+    assert (out.logits.float() - ref.float()).abs().max().item() <= 5e-2  # bf16 rounding only
+
+
+def test_import_does_no_work():
+    import subprocess
+    import sys
+
+    code = "import sys, block_attention; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False False"

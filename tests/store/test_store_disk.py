@@ -220,8 +220,11 @@ def test_unusable_directory_raises_store_error(tmp_path: Path) -> None:
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     (damaged / "cache.db").write_bytes(b"this is not an sqlite database" * 100)
-    with pytest.raises(StoreError, match="damaged"):
-        DiskTier(damaged, 64 * MiB)
+    recovered = DiskTier(damaged, 64 * MiB)  # a damaged database is a cache failure: recover, never crash
+    assert len(recovered) == 0 and recovered.load(key()) is None
+    assert recovered.save(key(), make_kv()) and recovered.load(key()) is not None
+    assert list(damaged.glob("cache.db.damaged-*"))
+    recovered.close()
 
 
 def test_clear(tier: DiskTier) -> None:

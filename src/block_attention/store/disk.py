@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 import diskcache
@@ -194,6 +195,24 @@ class DiskTier:
 
 
 def _open_cache(directory: str, max_bytes: int) -> diskcache.Cache:
+    """Open the cache; a damaged cache database is moved aside (logged) and a fresh one started, once."""
+    try:
+        return _open_cache_once(directory, max_bytes)
+    except StoreError:
+        db = os.path.join(directory, "cache.db")
+        if not os.path.isfile(db):
+            raise
+        aside = f"{db}.damaged-{int(time.time())}"
+        try:
+            os.replace(db, aside)
+        except OSError:
+            raise
+        logger.warning("KV disk cache database %s was damaged; moved it to %s and started an empty cache "
+                       "(its entries will be recomputed).", db, aside)
+        return _open_cache_once(directory, max_bytes)
+
+
+def _open_cache_once(directory: str, max_bytes: int) -> diskcache.Cache:
     try:
         return diskcache.Cache(
             directory,
@@ -208,6 +227,5 @@ def _open_cache(directory: str, max_bytes: int) -> diskcache.Cache:
     except (*_IO_ERRORS, ValueError, KeyError) as exc:
         raise StoreError(
             f"The KV store could not open its disk directory {directory!r} ({exc!r}). Pass a writable "
-            "StoreConfig.disk_dir (delete the directory if its cache database is damaged), or disk_dir=None to "
-            "disable the disk tier."
+            "StoreConfig.disk_dir, or disk_dir=None to disable the disk tier."
         ) from exc
