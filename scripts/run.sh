@@ -34,7 +34,7 @@ sig=$(cat pyproject.toml integrations/*/pyproject.toml 2>/dev/null | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ]; then
   args=(-e ".[test,bench]")
   for dist in integrations/*/; do
-    [ -f "$dist/pyproject.toml" ] && args+=(-e "$dist")
+    [ -f "$dist/pyproject.toml" ] && args+=(-e "${dist%/}[test]")
   done
   pipq "${args[@]}"
   echo "$sig" > "$stamp"

@@ -8,7 +8,8 @@ Contract of :class:`BlockCollator`:
   engine serves. The response (``response_prefix + answer``, tokenized alone, then EOS) is appended after the
   final block; like generated tokens it is global.
 * ``input_ids [B, T]``: right-padded with the pad id. ``labels [B, T]``: -100 everywhere except the response tokens
-  and EOS. ``position_ids [B, T]``: ``arange(T)`` on every row (where re-encoded block keys land at inference).
+  and EOS (``label_scope="final"`` also labels the final block, ``"all"`` every token: for pretraining from
+  scratch, where copying the question's entity from the context teaches retrieval). ``position_ids [B, T]``: ``arange(T)`` on every row (where re-encoded block keys land at inference).
 * ``attention_mask [B, 1, T, T]``: additive float (0 = may attend, dtype min = masked). Block mode:
   :func:`block_causal_mask` of the layout's block lengths with the final block + response as the global tail
   (exactly the engine's block mode); full mode: plain causal (the engine's full mode). Padding columns are masked
@@ -32,6 +33,7 @@ from ..layout import PromptLayout, additive_mask, block_causal_mask
 from ..prompt import PromptBuilder, PromptConfig
 
 CollatorMode = Literal["block", "full", "mixed"]
+LabelScope = Literal["response", "final", "all"]
 IGNORE_INDEX = -100
 
 
@@ -47,6 +49,8 @@ class CollatorConfig:
     of them full). ``max_len``: longest allowed example (prompt + response + EOS); longer ones raise.
     ``response_prefix``: text put before the answer (``None``: a space for plain prompts, nothing after a chat
     template's assistant header). ``mask_dtype``: dtype of the additive mask (the model's compute dtype).
+    ``label_scope``: which tokens carry labels: ``"response"`` (answer + EOS, the fine-tuning default),
+    ``"final"`` (also the final block) or ``"all"`` (every token).
     """
 
     mode: CollatorMode = "block"
@@ -55,6 +59,7 @@ class CollatorConfig:
     response_prefix: str | None = None
     seed: int = 0
     mask_dtype: torch.dtype = torch.float32
+    label_scope: LabelScope = "response"
 
     def __post_init__(self) -> None:
         if self.mode not in ("block", "full", "mixed"):
@@ -67,6 +72,8 @@ class CollatorConfig:
             raise ConfigError(f"response_prefix must be a str or None, got {type(self.response_prefix).__name__}.")
         if not isinstance(self.mask_dtype, torch.dtype) or not self.mask_dtype.is_floating_point:
             raise ConfigError(f"mask_dtype must be a floating torch dtype (e.g. torch.float32), got {self.mask_dtype!r}.")
+        if self.label_scope not in ("response", "final", "all"):
+            raise ConfigError(f"label_scope must be 'response', 'final' or 'all', got {self.label_scope!r}.")
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class EncodedExample:
     layout: PromptLayout
     response_ids: tuple[int, ...]
     attention: Literal["block", "full"]
+    label_scope: LabelScope = "response"
 
     @property
     def input_ids(self) -> list[int]:
@@ -83,7 +91,9 @@ class EncodedExample:
 
     @property
     def labels(self) -> list[int]:
-        return [IGNORE_INDEX] * self.layout.total_len + list(self.response_ids)
+        ids = self.input_ids
+        first = {"response": self.layout.total_len, "final": self.layout.context_len, "all": 1}[self.label_scope]
+        return [IGNORE_INDEX] * first + ids[first:]
 
     @property
     def global_len(self) -> int:
@@ -120,9 +130,11 @@ class BlockCollator:
 
     def __init__(self, tokenizer: Any, prompt_config: PromptConfig | None = None, mode: CollatorMode = "block",
                  full_fraction: float = 0.5, max_len: int = 2048, *, response_prefix: str | None = None,
-                 seed: int = 0, mask_dtype: torch.dtype = torch.float32, config: CollatorConfig | None = None) -> None:
+                 seed: int = 0, mask_dtype: torch.dtype = torch.float32, label_scope: LabelScope = "response",
+                 config: CollatorConfig | None = None) -> None:
         self.config = config or CollatorConfig(mode=mode, full_fraction=full_fraction, max_len=max_len,
-                                               response_prefix=response_prefix, seed=seed, mask_dtype=mask_dtype)
+                                               response_prefix=response_prefix, seed=seed, mask_dtype=mask_dtype,
+                                               label_scope=label_scope)
         self.tokenizer = tokenizer
         self.prompt_config = prompt_config or PromptConfig()
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
@@ -161,7 +173,7 @@ class BlockCollator:
         blocks = _blocks_of(example, where)
         layout = self.builder.layout(blocks, example["question"], example.get("system"), example.get("history", ()))
         response = self.builder.tokenize(self.response_prefix + example["answer"]) + [self.eos_id]
-        encoded = EncodedExample(layout, tuple(response), self._attention(example, where))
+        encoded = EncodedExample(layout, tuple(response), self._attention(example, where), self.config.label_scope)
         total = len(encoded.input_ids)
         if total > self.config.max_len:
             raise TrainingDataError(

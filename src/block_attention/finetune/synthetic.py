@@ -86,9 +86,9 @@ class SyntheticConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"SyntheticConfig.{name} must be a non-negative int, got {value!r}.")
-        if self.min_distractors < 1 or self.max_distractors < self.min_distractors:
+        if self.max_distractors < self.min_distractors or self.max_distractors < 1:
             raise ConfigError(
-                "SyntheticConfig needs 1 <= min_distractors <= max_distractors; got "
+                "SyntheticConfig needs min_distractors <= max_distractors (and max_distractors >= 1); got "
                 f"{self.min_distractors}..{self.max_distractors}. Raise max_distractors or lower min_distractors."
             )
         if self.max_distractors + 1 > N_NAMES:

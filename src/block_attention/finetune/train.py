@@ -32,7 +32,7 @@ import torch
 
 from ..errors import ConfigError
 from ..prompt import PromptConfig
-from .collator import BlockCollator, CollatorMode, TrainingDataError
+from .collator import BlockCollator, CollatorMode, LabelScope, TrainingDataError
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -59,6 +59,7 @@ class TrainConfig:
     logging_steps: int = 10
     num_threads: int | None = None
     output_dir: str | None = None  # Trainer's scratch directory (nothing is checkpointed); None: a temp dir
+    label_scope: LabelScope = "response"  # "final"/"all" also train on prompt tokens (pretraining from scratch)
 
     def __post_init__(self) -> None:
         if self.mode not in ("block", "full", "mixed"):
@@ -114,9 +115,9 @@ def check_attention(model: Any) -> None:
 
 
 def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], config: TrainConfig | None = None,
-          prompt_config: PromptConfig | None = None) -> TrainResult:
+          prompt_config: PromptConfig | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples`` with the block (or full/mixed) mask; returns it in eval mode."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     config = config or TrainConfig()
     check_attention(model)
@@ -126,7 +127,8 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
         torch.set_num_threads(config.num_threads)
     mask_dtype = torch.bfloat16 if config.bf16 else next(model.parameters()).dtype
     collator = BlockCollator(tokenizer, prompt_config, mode=config.mode, full_fraction=config.full_fraction,
-                             max_len=config.max_len, seed=config.seed, mask_dtype=mask_dtype)
+                             max_len=config.max_len, seed=config.seed, mask_dtype=mask_dtype,
+                             label_scope=config.label_scope)
     for i, example in enumerate(examples[:8]):  # fail fast, with the example's index, before Trainer starts
         collator.encode(example, i)
     with tempfile.TemporaryDirectory(prefix="block-ft-") as scratch:
@@ -142,7 +144,8 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
             weight_decay=config.weight_decay,
             max_grad_norm=config.max_grad_norm,
             bf16=config.bf16,
-            gradient_checkpointing=config.gradient_checkpointing,
+            activation_checkpointing=config.gradient_checkpointing,
+            dataloader_pin_memory=False,
             logging_steps=config.logging_steps,
             save_strategy="no",
             report_to="none",
@@ -152,7 +155,9 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
             seed=config.seed,
             data_seed=config.seed,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples), data_collator=collator)
+        trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(examples), data_collator=collator,
+                          callbacks=list(callbacks))
+        trainer.remove_callback(PrinterCallback)  # losses are returned (and reported by callbacks), not printed
         start = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - start

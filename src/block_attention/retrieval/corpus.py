@@ -47,17 +47,22 @@ class Document:
 
     def __post_init__(self) -> None:
         if not isinstance(self.doc_id, str) or not self.doc_id.strip():
-            raise InvalidRequestError(f"Document doc_id must be a non-empty str, got {self.doc_id!r}; give every document an id.")
+            raise InvalidRequestError(
+                f"Document doc_id must be a non-empty str, got {self.doc_id!r}; give every document an id."
+            )
         if not isinstance(self.title, str):
             raise InvalidRequestError(
                 f"Document {self.doc_id!r} title must be a str, got {type(self.title).__name__}; pass '' for no title."
             )
         if not isinstance(self.text, str):
             raise InvalidRequestError(
-                f"Document {self.doc_id!r} text must be a str, got {type(self.text).__name__}; convert it to text first."
+                f"Document {self.doc_id!r} text must be a str, got {type(self.text).__name__}; "
+                "convert it to text first."
             )
         if self.source is not None and (not isinstance(self.source, str) or not self.source):
-            raise InvalidRequestError(f"Document {self.doc_id!r} source must be a non-empty str or None, got {self.source!r}.")
+            raise InvalidRequestError(
+                f"Document {self.doc_id!r} source must be a non-empty str or None, got {self.source!r}."
+            )
 
 
 def load_corpus(path: str | Path, *, root: str | Path | None = None) -> list[Document]:
@@ -188,7 +193,7 @@ def _load_jsonl(file: Path, source: str) -> list[Document]:
             raise CorpusFormatError(f"Invalid JSON in {where} ({exc.msg}); write one JSON object per line.") from None
         if not isinstance(record, dict):
             raise CorpusFormatError(
-                f"Line {line_no} of {str(file)!r} is a {type(record).__name__}, not an object; write objects "
+                f"Record at {where} is a {type(record).__name__}, not an object; write objects "
                 'like {"id": ..., "title": ..., "text": ...}.'
             )
         text = record.get("text")
@@ -212,4 +217,11 @@ def _load_jsonl(file: Path, source: str) -> list[Document]:
     return documents
 
 
-__all__ = ["SUPPORTED_EXTENSIONS", "Document", "check_unique_doc_ids", "load_corpus", "load_file", "split_markdown_title"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Document",
+    "check_unique_doc_ids",
+    "load_corpus",
+    "load_file",
+    "split_markdown_title",
+]

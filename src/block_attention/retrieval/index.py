@@ -58,7 +58,9 @@ class IndexConfig:
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"IndexConfig.{name} must be a positive int, got {value!r}.")
         if self.ivf_nlist is not None and (not _is_int(self.ivf_nlist) or self.ivf_nlist < 1):
-            raise ConfigError(f"IndexConfig.ivf_nlist must be a positive int or None (automatic), got {self.ivf_nlist!r}.")
+            raise ConfigError(
+                f"IndexConfig.ivf_nlist must be a positive int or None (automatic), got {self.ivf_nlist!r}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,11 +234,7 @@ class VectorIndex:
             inner.hnsw.efSearch = self.config.hnsw_ef_search
         else:
             inner = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIDMap2(inner)
-        index.own_fields = True
-        index._inner_ref = inner  # keep the Python wrapper alive alongside the C++ owner
-        inner.this.disown()
-        return index
+        return faiss.IndexIDMap2(inner)  # the faiss wrapper keeps a reference to ``inner``
 
     def _apply_runtime_params(self) -> None:
         import faiss
@@ -279,8 +277,6 @@ class VectorIndex:
         ids, vectors = self._export()
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.own_fields = True
-        quantizer.this.disown()
         ivf.cp.min_points_per_centroid = min(self.config.ivf_min_points_per_list, 39)
         ivf.train(vectors)
         ivf.add_with_ids(vectors, ids)

@@ -1,0 +1,38 @@
+"""LangChain integration of Block-Attention: cached per-document KV for RAG with LangChain objects.
+
+Public names (imported on first use, so ``import langchain_block_attention`` loads neither torch nor a model):
+
+* :class:`BlockAttentionLLM` and :class:`ChatBlockAttention`: models taking ``documents=[Document, ...]`` per call.
+* :class:`BlockAttentionRetriever`: a LangChain retriever over a ``block_attention`` Faiss index directory.
+* :func:`create_block_attention_rag_chain` and :func:`create_block_attention_combine_chain`: LCEL chains.
+* :data:`BLOCK_SEPARATOR` and :data:`BLOCK_PROMPT`: flat-prompt block separation for ``create_stuff_documents_chain``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "BlockAttentionLLM": "llms",
+    "ChatBlockAttention": "chat_models",
+    "BlockAttentionRetriever": "retrievers",
+    "create_block_attention_rag_chain": "chains",
+    "create_block_attention_combine_chain": "chains",
+    "BLOCK_SEPARATOR": "documents",
+    "BLOCK_PROMPT": "documents",
+    "to_blocks": "documents",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'langchain_block_attention' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,36 @@
+"""LlamaIndex integration of Block-Attention (namespace package ``llama_index.llms.block_attention``).
+
+Public names (imported on first use, so importing the package loads neither torch nor a model):
+
+* :class:`BlockAttentionLLM`: a ``CustomLLM`` taking ``nodes=[...]`` / ``blocks=[...]`` per call.
+* :class:`BlockAttentionSynthesizer`: a response synthesizer giving each retrieved node its own cached block.
+* :class:`BlockAttentionIndexRetriever`: a retriever over a ``block_attention`` Faiss index folder.
+* :func:`node_to_block` / :func:`to_blocks`: the node -> block mapping (key ``node_id:hash``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "BlockAttentionLLM": "base",
+    "BlockAttentionSynthesizer": "synthesizer",
+    "BlockAttentionIndexRetriever": "retriever",
+    "node_to_block": "blocks",
+    "node_key": "blocks",
+    "to_blocks": "blocks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'llama_index.llms.block_attention' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

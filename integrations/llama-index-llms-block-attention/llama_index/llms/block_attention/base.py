@@ -1,0 +1,333 @@
+"""``BlockAttentionLLM``: a LlamaIndex ``CustomLLM`` served by a block-attention engine.
+
+Contract:
+
+* The engine is injected (``BlockAttentionLLM(engine=BlockAttentionEngine(...))``; objects sharing an engine share
+  its KV cache) or loaded lazily from ``model_name`` on first use, once: ``BlockAttentionEngine.from_pretrained(
+  model_name, **model_kwargs)`` for a hub id or local path, ``block_attention.models.load_engine`` for the
+  library's offline built-ins (``"tiny-random"``). Construction never loads weights.
+* ``metadata``: ``context_window`` is the model's ``max_position_embeddings`` (the engine's ``max_positions``; read
+  from the model config without loading weights while the engine is not loaded) unless overridden,
+  ``num_output`` is ``max_new_tokens``, ``model_name`` the model path/id (or the engine model's name).
+* ``complete(prompt, nodes=[...], blocks=[...])``: the prompt is the final block (question); ``nodes``
+  (``NodeWithScore``/nodes, keyed by ``node_id:hash``) and ``blocks`` (``Block``/str) are the cached blocks
+  (``blocks`` first). Without them it is a plain local LLM and, unless ``instruction`` is set, gets no instruction
+  (the engine's default one is about reference documents). Other per-call options: ``history``, ``mode``,
+  ``instruction``, ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``. The prompt is
+  always rendered by the engine's prompt template, so ``formatted`` is accepted and ignored.
+* ``chat(messages)``: system messages become the instruction, earlier turns the history, the last user message
+  the question. Responses carry ``additional_kwargs = {"finish_reason", "stats"}`` (the engine's request stats:
+  cache hits/misses, TTFT); a stream's last item (empty ``delta``) carries them.
+* Decoding is greedy unless ``temperature > 0``. Async methods run the engine in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from .blocks import to_blocks
+
+if TYPE_CHECKING:
+    from block_attention import BlockAttentionEngine, GenerationConfig
+    from block_attention.engine import Generation, TextStream
+
+DEFAULT_MODEL_NAME = "block-attention"
+_OPTIONS = ("nodes", "blocks", "history", "mode", "instruction", "max_new_tokens", "temperature", "top_p", "top_k",
+            "seed", "stop", "formatted")
+_ROLES = {MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant",
+          MessageRole.MODEL: "assistant", MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system"}
+
+
+class BlockAttentionLLM(CustomLLM):
+    """LlamaIndex LLM over ``block_attention.BlockAttentionEngine`` (see the module docstring)."""
+
+    model_name: str | None = Field(
+        default=None, description="Hub id or local path of a causal LM, loaded on first use; with engine=, the "
+                                  "reported model name only.")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                         description="Keyword arguments of BlockAttentionEngine.from_pretrained.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Maximum number of new tokens.")
+    context_window: int | None = Field(default=None, description="Override of the model's context window.")
+    mode: Literal["block", "full"] | None = Field(default=None, description="Attention mode; None: the engine's.")
+    instruction: str | None = Field(default=None, description="Instruction before the documents (engine system).")
+    temperature: float | None = Field(default=None, description="None or 0: greedy; > 0: sampling.")
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, description="Stop strings; output is cut before the first one.")
+
+    _engine: Any = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _max_positions: int | None = PrivateAttr(default=None)
+
+    def __init__(self, *, engine: BlockAttentionEngine | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if engine is None and not self.model_name:
+            raise ValueError(
+                "BlockAttentionLLM needs a model: pass model_name='Qwen/Qwen2.5-1.5B-Instruct' (a hub id or local "
+                "path, loaded on first use) or engine=BlockAttentionEngine(model, tokenizer)."
+            )
+        if engine is not None and not (hasattr(engine, "stream") and hasattr(engine, "max_positions")):
+            raise ValueError(
+                f"engine must be a block_attention.BlockAttentionEngine, got {type(engine).__name__}; build one with "
+                "BlockAttentionEngine(model, tokenizer) or pass model_name='<path>' instead."
+            )
+        self._engine = engine
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BlockAttentionLLM"
+
+    # -- engine and metadata -----------------------------------------------------------------------------------
+    @property
+    def engine(self) -> BlockAttentionEngine:
+        """The engine (loaded from ``model_name`` on first access when none was injected)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = load_engine(str(self.model_name), self.model_kwargs)
+        return self._engine
+
+    @property
+    def engine_loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def reported_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        name = getattr(getattr(getattr(self._engine, "model", None), "config", None), "name_or_path", "")
+        return name or DEFAULT_MODEL_NAME
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(context_window=self.context_window or self._context_positions(),
+                           num_output=self.max_new_tokens, model_name=self.reported_model_name, is_chat_model=False)
+
+    def _context_positions(self) -> int:
+        if self._engine is not None or _is_builtin(str(self.model_name)):
+            return int(self.engine.max_positions)
+        if self._max_positions is None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.model_name).get_text_config(decoder=True)
+            self._max_positions = int(config.max_position_embeddings)
+        return self._max_positions
+
+    # -- requests ----------------------------------------------------------------------------------------------
+    def _generation(self, options: Mapping[str, Any]) -> GenerationConfig:
+        from block_attention import GenerationConfig
+
+        def pick(name: str) -> Any:
+            value = options.get(name)
+            return getattr(self, name) if value is None else value
+
+        temperature, top_p, top_k, stop = pick("temperature"), pick("top_p"), pick("top_k"), pick("stop")
+        sample = temperature is not None and temperature > 0
+        return GenerationConfig(
+            max_new_tokens=int(pick("max_new_tokens")), do_sample=sample,
+            temperature=float(temperature) if sample else 1.0,
+            top_p=float(top_p) if sample and top_p is not None else 1.0,
+            top_k=int(top_k) if sample and top_k else 0, seed=pick("seed"),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        )
+
+    def _request(self, question: str, options: Mapping[str, Any], system: str | None = None,
+                 history: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown options {unknown} for BlockAttentionLLM; valid ones are {list(_OPTIONS)} "
+                "(e.g. llm.complete(question, nodes=retrieved_nodes))."
+            )
+        blocks = to_blocks(options.get("nodes"), options.get("blocks"))
+        turns = [*_history(options.get("history")), *history]
+        if system is None:
+            system = options.get("instruction", self.instruction)
+        if system is None and not blocks:
+            system = ""  # the engine's default instruction is about reference documents: none for plain calls
+        return dict(blocks=blocks, question=question, history=turns, mode=options.get("mode") or self.mode,
+                    system=system, generation=self._generation(options))
+
+    def _run(self, request: dict[str, Any]) -> Generation:
+        return self.engine.generate(**request)
+
+    def _stream(self, request: dict[str, Any]) -> Iterator[tuple[str, str, Generation | None]]:
+        """``(text so far, delta, None)`` per piece, then ``(text, "", generation)`` once at the end."""
+        stream: TextStream = self.engine.stream(**request)
+        text = ""
+        for piece in stream:
+            text += piece
+            yield text, piece, None
+        yield text, "", stream.result
+
+    # -- completion --------------------------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return _completion(self._run(self._request(prompt, kwargs)))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        request = self._request(prompt, kwargs)
+
+        def gen() -> CompletionResponseGen:
+            for text, delta, result in self._stream(request):
+                extra = _extra(result) if result is not None else {}
+                yield CompletionResponse(text=text, delta=delta, additional_kwargs=extra)
+
+        return gen()
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        request = self._request(prompt, kwargs)
+        return _completion(await asyncio.to_thread(self._run, request))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        request = self._request(prompt, kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for text, delta, result in _in_thread(self._stream(request)):
+                extra = _extra(result) if result is not None else {}
+                yield CompletionResponse(text=text, delta=delta, additional_kwargs=extra)
+
+        return gen()
+
+    # -- chat --------------------------------------------------------------------------------------------------
+    def _chat_request(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        system, turns, question = split_messages(messages)
+        return self._request(question, kwargs, system=system, history=turns)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return _chat(self._run(self._chat_request(messages, kwargs)))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        request = self._chat_request(messages, kwargs)
+
+        def gen() -> ChatResponseGen:
+            for text, delta, result in self._stream(request):
+                extra = _extra(result) if result is not None else {}
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta,
+                                   additional_kwargs=extra)
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request = self._chat_request(messages, kwargs)
+        return _chat(await asyncio.to_thread(self._run, request))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        request = self._chat_request(messages, kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            async for text, delta, result in _in_thread(self._stream(request)):
+                extra = _extra(result) if result is not None else {}
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta,
+                                   additional_kwargs=extra)
+
+        return gen()
+
+
+def _builtin_names() -> tuple[str, ...]:
+    try:
+        from block_attention import models
+    except ImportError:  # older library without named built-in models
+        return ()
+    return (models.BUILTIN_RANDOM, models.BUILTIN_FINETUNED)
+
+
+def _is_builtin(name: str) -> bool:
+    return name in _builtin_names()
+
+
+def load_engine(name: str, kwargs: Mapping[str, Any]) -> BlockAttentionEngine:
+    """The library's built-in offline models by name (``"tiny-random"``), else ``from_pretrained(name)``."""
+    if _is_builtin(name):
+        from block_attention.models import load_engine as load_builtin
+
+        return load_builtin(name, **kwargs)
+    from block_attention import BlockAttentionEngine
+
+    return BlockAttentionEngine.from_pretrained(name, **kwargs)
+
+
+def split_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, list[dict[str, str]], str]:
+    """``(system, history turns, question)`` of a LlamaIndex message list."""
+    if not messages or messages[-1].role != MessageRole.USER:
+        raise ValueError(
+            "BlockAttentionLLM.chat needs a message list ending with a user message (the question); append "
+            "ChatMessage(role='user', content=question)."
+        )
+    system: list[str] = []
+    turns: list[dict[str, str]] = []
+    for message in messages[:-1]:
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise ValueError(
+                f"BlockAttentionLLM does not support {message.role.value!r} messages (no tool calling); pass only "
+                "system, user and assistant messages."
+            )
+        if role == "system":
+            system.append(message.content or "")
+        else:
+            turns.append({"role": role, "content": message.content or ""})
+    return ("\n\n".join(system) if system else None), turns, messages[-1].content or ""
+
+
+def _history(history: Sequence[Any] | None) -> list[dict[str, str]]:
+    turns = []
+    for item in history or ():
+        if isinstance(item, ChatMessage) and _ROLES.get(item.role) in ("user", "assistant"):
+            turns.append({"role": _ROLES[item.role], "content": item.content or ""})
+        elif isinstance(item, Mapping) and item.get("role") in ("user", "assistant") and isinstance(
+                item.get("content"), str):
+            turns.append({"role": str(item["role"]), "content": str(item["content"])})
+        else:
+            raise ValueError(
+                f"Cannot use {item!r} as a history turn; pass ChatMessage(role='user'|'assistant', content=...) "
+                "objects or {'role': ..., 'content': ...} dicts."
+            )
+    return turns
+
+
+def _extra(result: Generation) -> dict[str, Any]:
+    return {"finish_reason": result.finish_reason, "stats": result.stats.as_dict()}
+
+
+def _completion(result: Generation) -> CompletionResponse:
+    return CompletionResponse(text=result.text, additional_kwargs=_extra(result))
+
+
+def _chat(result: Generation) -> ChatResponse:
+    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
+                        additional_kwargs=_extra(result))
+
+
+async def _in_thread(items: Iterator[Any]) -> Any:
+    """Iterate a blocking iterator from async code, one ``next`` per worker-thread hop."""
+    done = object()
+    while (item := await asyncio.to_thread(next, items, done)) is not done:
+        yield item
