@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
@@ -133,6 +134,17 @@ class BlockAttentionParams(BaseModel):
         if system is None and not has_blocks:
             system = ""
         return {"mode": options.get("mode", self.mode), "system": system}
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._identifying()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "block_attention"
+        model = kwargs.get("model")
+        params["ls_model_name"] = model if isinstance(model, str) else self.model_name
+        return params
 
     def _identifying(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "mode": self.mode, "max_tokens": self.max_tokens,

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
-from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 
@@ -47,17 +46,6 @@ class BlockAttentionLLM(BlockAttentionParams, BaseLLM):
     @property
     def _llm_type(self) -> str:
         return "block-attention"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self._identifying()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "block_attention"
-        model = kwargs.get("model")
-        params["ls_model_name"] = model if isinstance(model, str) else self.model_name
-        return params
 
     def _request(self, prompt: str, stop: list[str] | None,
                  kwargs: dict[str, Any]) -> tuple[BlockAttentionEngine, dict[str, Any]]:
