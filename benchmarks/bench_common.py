@@ -289,6 +289,8 @@ class PrefixCache:
         self.ids, self.cache = ids, out.past_key_values
         return {"prompt_tokens": len(ids), "reused_tokens": reuse, "prefilled_tokens": len(ids) - reuse,
                 "prefix_block_tokens": len(layout.blocks[0].token_ids) if layout.blocks else 0,
+                # reuse reaching this position covers at least one whole passage (the block after the system prefix)
+                "first_passage_end": layout.blocks[min(1, len(layout.blocks) - 1)].end if layout.blocks else 0,
                 "lookup_s": t1 - t0, "prefill_s": time.perf_counter() - t1, "logits": out.logits}
 
 
@@ -389,6 +391,7 @@ def environment(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_flags": _cpu_flags(),
         "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
     }
     if device.startswith("cuda"):

@@ -17,14 +17,18 @@ from .kv import BlockKV
 from .rope import _base_model
 
 
+MIN_FILL = 0.75  # a block shorter than this fraction of its batch's longest starts a new batch (less padding)
+
+
 def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Group block indices (longest first) into batches whose ``size * longest`` stays within the budget."""
+    """Group block indices (longest first) into batches whose ``size * longest`` stays within the budget and
+    whose blocks are each at least ``MIN_FILL`` of the batch's longest."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * longest > max_batch_tokens:
+        if current and ((len(current) + 1) * longest > max_batch_tokens or lengths[i] < MIN_FILL * longest):
             batches.append(current)
             current = []
         current.append(i)
