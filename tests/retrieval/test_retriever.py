@@ -115,7 +115,14 @@ def test_reingest_changed_file_replaces_its_passages(tmp_path: Path, embedder: E
     assert retriever.search("Which vegetable does Brindlemarsh celebrate now?", top_k=1)[0].passage_id == new.passage_id
     assert all(p.passage_id == old[p.source].passage_id for p in retriever.passages() if p.source != name)
 
-    # a single nested file re-ingested with the corpus root keeps its id; deleting a file is explicit
+    # a file that became empty loses its passages
+    (corpus / facts[3][0]).write_text("\n")
+    emptied = retriever.ingest(corpus, show_progress=False)
+    assert emptied.removed == (old[facts[3][0]].passage_id,) and len(retriever) == 3
+    (corpus / facts[3][0]).write_text(facts[3][1])
+    assert retriever.ingest(corpus, show_progress=False).added == (old[facts[3][0]].passage_id,)
+
+    # a single nested file re-ingested with the corpus root keeps its id
     (corpus / "sub").mkdir()
     (corpus / "sub" / "extra.txt").write_text("Extra note about the river Umbravel.\n")
     assert len(retriever.ingest(corpus, show_progress=False).added) == 1

@@ -25,9 +25,16 @@ from .chunking import (
     make_passage_id,
     token_counter_from_tokenizer,
 )
-from .corpus import SUPPORTED_EXTENSIONS, Document, load_corpus, load_file
+from .corpus import SUPPORTED_EXTENSIONS, Document, list_sources, load_corpus, load_file
 from .demo import DemoQuestion, demo_corpus_dir, demo_questions
-from .embedder import DEFAULT_MODEL, Embedder, EmbedderConfig, TextEmbedder, default_model_path
+from .embedder import (
+    DEFAULT_MODEL,
+    Embedder,
+    EmbedderConfig,
+    TextEmbedder,
+    default_model_path,
+    is_text_embedder,
+)
 from .errors import (
     CorpusFormatError,
     CorpusNotFoundError,
@@ -80,6 +87,8 @@ __all__ = [
     "default_model_path",
     "demo_corpus_dir",
     "demo_questions",
+    "is_text_embedder",
+    "list_sources",
     "load_corpus",
     "load_file",
     "make_passage_id",

@@ -97,6 +97,16 @@ def load_corpus(path: str | Path, *, root: str | Path | None = None) -> list[Doc
     return documents
 
 
+def list_sources(path: str | Path, *, root: str | Path | None = None) -> list[str]:
+    """Sources (relative paths) of every supported file under ``path``, including files without text."""
+    base = Path(path).expanduser()
+    if not base.exists():
+        raise CorpusNotFoundError(f"Corpus path {str(base)!r} does not exist; pass an existing folder or file.")
+    root_path = Path(root).expanduser() if root is not None else (base if base.is_dir() else base.parent)
+    files = [base] if base.is_file() else list(_iter_corpus_files(base))
+    return [_relative_source(file, root_path.resolve()) for file in files]
+
+
 def load_file(file: str | Path, *, source: str | None = None) -> list[Document]:
     """Load one file (``.txt``, ``.md`` or ``.jsonl``); ``source`` defaults to the file name."""
     file = Path(file)
@@ -222,6 +232,7 @@ __all__ = [
     "Document",
     "check_unique_doc_ids",
     "load_corpus",
+    "list_sources",
     "load_file",
     "split_markdown_title",
 ]

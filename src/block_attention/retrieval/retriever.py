@@ -8,10 +8,10 @@ Contract:
 * :meth:`Retriever.ingest` / :meth:`Retriever.add_documents` are incremental and idempotent. Documents are
   chunked into passages with stable ids (see :mod:`.chunking`); passages already stored are skipped, new ones
   are embedded and added, and stored passages of an ingested document that are no longer produced are deleted.
-  When ingesting a folder or file, each file is authoritative for its source: records that disappeared from a
-  re-ingested ``.jsonl`` file are deleted too. Files absent from the folder are left alone (use
-  :meth:`Retriever.delete` with their relative path). The returned :class:`IngestReport` lists added and removed
-  passage ids so a caller can drop the KV cached for removed ones.
+  When ingesting a folder or file, each file found is authoritative for its source: records that disappeared
+  from a re-ingested ``.jsonl`` file, and the passages of a file that became empty, are deleted too. Files no
+  longer in the folder are left alone (delete them with :meth:`Retriever.delete` and their relative path).
+  The returned :class:`IngestReport` lists added and removed passage ids so a caller can drop their KV.
 * :meth:`Retriever.delete` accepts passage ids, doc ids or sources and returns the removed passage ids.
 * :meth:`Retriever.search` embeds the query and returns up to ``top_k`` :class:`ScoredPassage` (cosine
   similarity, best first; :meth:`Retriever.search_many` embeds a batch of queries at once);
@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..blocks import Block
 from ..errors import ConfigError, InvalidRequestError
 from .chunking import ChunkingConfig, Passage, TokenCounter, chunk_document
-from .corpus import Document, check_unique_doc_ids, load_corpus
+from .corpus import Document, check_unique_doc_ids, list_sources, load_corpus
 from .embedder import Embedder, TextEmbedder, is_text_embedder
 from .errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
 from .index import IndexConfig, VectorIndex
@@ -282,7 +282,8 @@ class Retriever:
         """Ingest a corpus folder, a single corpus file (``root``: see :func:`load_corpus`) or documents."""
         if isinstance(source, (str, os.PathLike)):
             documents = load_corpus(source, root=root)
-            return self._sync(documents, sync_sources=True, show_progress=show_progress)
+            sources = list_sources(source, root=root)  # includes emptied files, whose old passages must go
+            return self._sync(documents, sources=sources, show_progress=show_progress)
         return self.add_documents(source, show_progress=show_progress)
 
     def add_documents(self, documents: Document | Iterable[Document], show_progress: bool = True) -> IngestReport:
@@ -294,7 +295,7 @@ class Retriever:
                     f"add_documents expects Document items, got {type(doc).__name__}; "
                     "build Document(doc_id=..., title=..., text=...)."
                 )
-        return self._sync(docs, sync_sources=False, show_progress=show_progress)
+        return self._sync(docs, sources=(), show_progress=show_progress)
 
     def delete(self, ids: str | Iterable[str]) -> list[str]:
         """Delete passages by passage id, doc id or source; returns the removed passage ids (unknown ids: none)."""
@@ -337,7 +338,7 @@ class Retriever:
             return []
         if len(self._index) == 0:
             return [[] for _ in queries]
-        vectors = self._embed(lambda: self._embedder.embed_queries(queries))
+        vectors = self._checked(self._embedder.embed_queries(queries))
         with self._lock:
             scores, ids = self._index.search(vectors, top_k)
             hits = [
@@ -380,7 +381,7 @@ class Retriever:
 
     # -- internals --------------------------------------------------------------------------------------------
 
-    def _sync(self, docs: list[Document], *, sync_sources: bool, show_progress: bool) -> IngestReport:
+    def _sync(self, docs: list[Document], *, sources: Sequence[str], show_progress: bool) -> IngestReport:
         from tqdm.auto import tqdm
 
         if not docs:
@@ -392,7 +393,6 @@ class Retriever:
             passages.extend(chunk_document(doc, self._manifest.chunking, counter))
         if not passages:
             raise EmptyCorpusError("The documents given contain no text; add text before ingesting them.")
-        sources = sorted({d.source for d in docs if d.source is not None}) if sync_sources else []
         with self._lock:
             existing = self._store.find(doc_ids=[d.doc_id for d in docs], sources=sources)
             existing_ids = set(existing.values())
@@ -426,14 +426,14 @@ class Retriever:
         with tqdm(total=len(texts), desc="Embedding", unit="passage", disable=not show_progress) as bar:
             for start in range(0, len(texts), _EMBED_CHUNK):
                 batch = texts[start : start + _EMBED_CHUNK]
-                parts.append(self._embed(lambda: self._embedder.embed_passages(batch)))
+                parts.append(self._checked(self._embedder.embed_passages(batch)))
                 bar.update(len(batch))
         return np.concatenate(parts)
 
-    def _embed(self, call: Callable[[], np.ndarray]) -> np.ndarray:
+    def _checked(self, vectors: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        vectors = np.ascontiguousarray(call(), dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self._manifest.dimension:
             raise EmbedderMismatchError(
                 f"Embedder {self._embedder.name!r} produced vectors of shape {vectors.shape}, but the index at "
