@@ -5,7 +5,7 @@ import pytest
 from block_attention import Block
 from block_attention.blocks import as_blocks, check_unique_ids
 from block_attention.errors import ConfigError, InvalidRequestError
-from block_attention.prompt import PromptBuilder, PromptConfig
+from block_attention.prompt import PromptBuilder, PromptConfig, recorded_prompt_config
 
 
 def test_chat_template_split_keeps_history_in_final_block(tok, docs):
@@ -61,3 +61,16 @@ def test_request_errors(tok):
     with pytest.raises(ConfigError, match="docs_in"):
         PromptConfig(docs_in="middle")  # type: ignore[arg-type]
     assert as_blocks(["plain text"])[0].key.startswith("text:")
+
+
+def test_recorded_prompt_config_round_trips_and_rejects_foreign_records():
+    class Model:
+        class config:  # noqa: N801 - stands in for a transformers config
+            block_attention = {"prompt_config": {"instruction": None, "add_bos": True}}
+
+    assert recorded_prompt_config(Model()) == PromptConfig(instruction=None, add_bos=True)
+    Model.config.block_attention = {"prompt_config": {"instruction": None, "no_such_field": 1}}
+    with pytest.raises(ConfigError, match="EngineConfig\\(prompt="):
+        recorded_prompt_config(Model())
+    Model.config.block_attention = None
+    assert recorded_prompt_config(Model()) is None

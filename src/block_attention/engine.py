@@ -28,7 +28,7 @@ from .fingerprint import model_fingerprint
 from .generation import TextTracker, TokenSelector
 from .kv import BlockKV
 from .layout import PromptLayout
-from .prompt import Message, PromptBuilder, PromptConfig
+from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
 from .rope import inspect_model
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
@@ -120,7 +120,7 @@ class BlockAttentionEngine:
         self.config = config or EngineConfig()
         self.rotary = inspect_model(model)
         self.text_config = model.config.get_text_config(decoder=True)
-        self.prompt_config = self.config.prompt or _recorded_prompt_config(model) or PromptConfig()
+        self.prompt_config = self.config.prompt or recorded_prompt_config(model) or PromptConfig()
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
         self.fingerprint, self.fingerprint_parts = model_fingerprint(model, tokenizer, self.rotary,
                                                                      self.prompt_config)
@@ -381,10 +381,3 @@ def _lowest_ranked(blocks: Sequence[Block]) -> int:
     if all(b.score is not None for b in blocks):
         return min(range(len(blocks)), key=lambda i: (blocks[i].score, -i))
     return len(blocks) - 1
-
-
-def _recorded_prompt_config(model: torch.nn.Module) -> PromptConfig | None:
-    record = getattr(model.config, "block_attention", None)
-    if isinstance(record, dict) and isinstance(record.get("prompt_config"), dict):
-        return PromptConfig(**record["prompt_config"])
-    return None

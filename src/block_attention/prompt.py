@@ -62,6 +62,20 @@ class PromptConfig:
                 "block_marker": self.block_marker}
 
 
+def recorded_prompt_config(model: Any) -> PromptConfig | None:
+    """The prompt config a block fine-tune recorded in ``model.config.block_attention`` (None when there is none)."""
+    record = getattr(getattr(model, "config", None), "block_attention", None)
+    if not (isinstance(record, Mapping) and isinstance(record.get("prompt_config"), Mapping)):
+        return None
+    try:
+        return PromptConfig(**record["prompt_config"])
+    except TypeError as exc:
+        raise ConfigError(
+            f"The model's recorded block_attention.prompt_config does not match this version's PromptConfig ({exc}); "
+            "pass EngineConfig(prompt=PromptConfig(...)) explicitly or re-save the model with save_finetuned."
+        ) from None
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     prefix: str  # may be "" (then there is no prefix block)

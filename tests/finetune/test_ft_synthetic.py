@@ -5,16 +5,13 @@ from __future__ import annotations
 import pytest
 
 from block_attention.errors import ConfigError
-from block_attention.finetune.synthetic import (KINDS, SyntheticConfig, make_corpus, make_task, task_prompt_config,
+from block_attention.finetune.synthetic import (KINDS, SyntheticConfig, kind_guess_rate, make_corpus, make_task,
+                                                passage_kind, task_prompt_config,
                                                 task_tokenizer)
 
 
 def _entity(question: str) -> str:
-    words = question.rstrip("?").split()
-    for anchor in ("Doctor", "Mount", "the"):
-        if anchor in words:
-            return words[words.index(anchor) + 1]
-    return words[words.index("Works") - 1]
+    return question.rstrip("?").split()[-1]  # every question ends with the asked entity's name
 
 
 def test_examples_are_seeded_and_answerable_from_exactly_one_passage():
@@ -62,3 +59,29 @@ def test_config_errors():
         SyntheticConfig(n_train=-1)
     with pytest.raises(ConfigError, match="n_passages"):
         make_corpus(0)
+
+
+def test_history_turns_are_distinct_lookups_that_never_give_the_answer_away():
+    task = make_task(SyntheticConfig(n_train=200, n_test=0, seed=3, history_questions=3))
+    counts = set()
+    for ex in task.train:
+        history = ex["history"]
+        counts.add(len(history) // 2)
+        questions = [m["content"] for m in history[0::2]]
+        assert [m["role"] for m in history] == ["user", "assistant"] * len(questions)
+        assert len(set(questions)) == len(questions) and ex["question"] not in questions
+        for question, reply in zip(questions, (m["content"] for m in history[1::2])):
+            holder = [b for b in ex["blocks"] if f" {_entity(question)} " in f" {b['text']} "]
+            assert len(holder) == 1 and f" {reply}" in " " + holder[0]["text"]
+    assert counts == {0, 1, 2, 3}
+    assert "history" not in make_task(SyntheticConfig(n_train=5, n_test=0)).train[0]
+
+
+def test_kind_guess_rate_is_the_floor_of_a_kind_only_reader():
+    task = make_task(SyntheticConfig(n_train=0, n_test=300, seed=2))
+    assert {passage_kind(b["text"]) for ex in task.test for b in ex["blocks"]} == set(KINDS)
+    rate = kind_guess_rate(task.test)
+    # at least one same-kind distractor: never above 1/2; with 3-5 distractors of 4 kinds, well above 1/6
+    assert 0.2 < rate <= 0.5
+    one = make_task(SyntheticConfig(n_train=0, n_test=50, min_distractors=1, max_distractors=1, seed=2)).test
+    assert kind_guess_rate(one) == 0.5

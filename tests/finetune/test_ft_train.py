@@ -12,9 +12,8 @@ from block_attention.engine import BlockAttentionEngine
 from block_attention.errors import ConfigError
 from block_attention.finetune.collator import BlockCollator, TrainingDataError
 from block_attention.finetune.synthetic import SyntheticConfig, make_task, task_prompt_config, task_tokenizer
-from block_attention.finetune.train import (TrainConfig, load_examples, main, recorded_prompt_config, save_finetuned,
-                                            train)
-from block_attention.prompt import PromptConfig
+from block_attention.finetune.train import TrainConfig, load_examples, main, save_finetuned, train
+from block_attention.prompt import PromptConfig, recorded_prompt_config
 from block_attention.testing import tiny_model, tiny_tokenizer
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,39 +32,43 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("k", "l", "m", "n", "r", "s", "th", "x")
 _POOL_SEED = 20250122  # fixes the name pools (and so the tokenizer) independently of the task seed
-N_NAMES = 400
-N_CITIES = 150
+N_NAMES = 120
+N_CITIES = 80
 JOBS = ("baker", "sailor", "weaver", "miner", "painter", "farmer", "potter", "mason", "tailor", "glassmaker",
         "clockmaker", "bookbinder", "fisher", "brewer", "chemist", "surveyor", "printer", "carpenter", "smith",
         "healer")
 PRODUCTS = ("lamps", "ropes", "bells", "clocks", "boots", "kettles", "barrels", "sails", "maps", "candles",
             "wagons", "mirrors", "buttons", "violins", "compasses", "saddles", "ladders", "blankets", "paper",
             "needles")
-YEARS = tuple(str(y) for y in range(1700, 2000))
-LENGTHS = tuple(str(n) for n in range(100, 1000, 10))
-HEIGHTS = tuple(str(n) for n in range(1000, 9000, 50))
+YEARS = tuple(str(y) for y in range(1800, 1900))
+LENGTHS = tuple(str(n) for n in range(100, 1000, 25))
+HEIGHTS = tuple(str(n) for n in range(1000, 5000, 100))
 
-# kind -> (passage template, [(question template, answer template), ...]); {name} is the entity.
+# kind -> (passage template, [(question template, answer template), ...]); {name} is the entity. Every fact is
+# its own sentence naming the entity, with the value three words after the name, and every question ends with the
+# name: the asked entity and the answer always sit at the same distances, which a tiny model learns in minutes.
 KINDS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "river": ("The {name} river flows through {city} and is {length} km long.", (
-        ("Which city does the {name} river flow through?", "{city}"),
-        ("How long is the {name} river?", "{length} km"),
+    "river": ("The river {name} flows through {city}. The river {name} runs for {length} km.", (
+        ("Which city lies on the river {name}?", "{city}"),
+        ("What length has the river {name}?", "{length} km"),
     )),
-    "mountain": ("Mount {name} rises {height} m above the town of {city}.", (
+    "mountain": ("Mount {name} rises to {height} m. Mount {name} stands above {city}.", (
         ("How high is Mount {name}?", "{height} m"),
         ("Which town lies below Mount {name}?", "{city}"),
     )),
-    "person": ("Doctor {name} was born in {city} in {year} and worked as a {job}.", (
-        ("Where was Doctor {name} born?", "{city}"),
-        ("When was Doctor {name} born?", "{year}"),
-        ("What did Doctor {name} work as?", "{job}"),
+    "person": ("Doctor {name} came from {city}. Doctor {name} died in {year}.", (
+        ("Which city was home to Doctor {name}?", "{city}"),
+        ("Which year saw the death of Doctor {name}?", "{year}"),
     )),
-    "company": ("{name} Works was founded in {city} in {year} and makes {product}.", (
-        ("When was {name} Works founded?", "{year}"),
-        ("Where was {name} Works founded?", "{city}"),
-        ("What does {name} Works make?", "{product}"),
+    "company": ("The firm {name} sits in {city}. The firm {name} produces fine {product}.", (
+        ("Which city is home to the firm {name}?", "{city}"),
+        ("What goods come from the firm {name}?", "{product}"),
     )),
 }
+
+# How an entity is named in corpus titles.
+TITLES = {"river": "the river {name}", "mountain": "Mount {name}", "person": "Doctor {name}",
+          "company": "the firm {name}"}
 
 # One token per word (with its leading space), per number, per punctuation mark, per other whitespace char.
 TOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]|\s"
@@ -80,9 +84,10 @@ class SyntheticConfig:
     min_distractors: int = 3
     max_distractors: int = 5
     seed: int = 0
+    history_questions: int = 0  # up to this many earlier Q/A turns (uniform 0..n) about the example's passages
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_test", "min_distractors", "max_distractors", "seed"):
+        for name in ("n_train", "n_test", "min_distractors", "max_distractors", "seed", "history_questions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"SyntheticConfig.{name} must be a non-negative int, got {value!r}.")
@@ -138,6 +143,22 @@ def _facts(rng: random.Random, kind: str, name: str) -> dict[str, str]:
     return facts
 
 
+def passage_kind(text: str) -> str:
+    """The kind of entity a task passage is about (from its fixed opening words)."""
+    for kind, (template, _) in KINDS.items():
+        if text.startswith(template.split("{name}")[0]):
+            return kind
+    raise ValueError(f"Not a synthetic task passage: {text[:40]!r}.")
+
+
+def kind_guess_rate(examples: Sequence[dict[str, Any]]) -> float:
+    """Expected exact match of answering with the asked fact of a random passage of the asked kind: what a model
+    that recognises the kind of entity but not the entity itself scores (the floor a real look-up must beat)."""
+    if not examples:
+        return 0.0
+    return sum(1 / sum(passage_kind(b["text"]) == ex["kind"] for b in ex["blocks"]) for ex in examples) / len(examples)
+
+
 def _passage(kind: str, facts: dict[str, str]) -> str:
     return KINDS[kind][0].format(**facts)
 
@@ -157,13 +178,23 @@ def _example(rng: random.Random, config: SyntheticConfig, index: int, split: str
     rng.shuffle(order)
     blocks = [{"id": f"{split}{index}-p{i}", "text": _passage(*passages[i])} for i in order]
     gold = passages[0][1]
-    return {
+    example: dict[str, Any] = {
         "blocks": blocks,
         "question": question_t.format(**gold),
         "answer": answer_t.format(**gold),
         "gold_id": f"{split}{index}-p0",
         "kind": gold_kind,
     }
+    if config.history_questions:
+        # Earlier turns: distinct questions about this example's passages (never the final one), so a model trained
+        # on every answer in the final block (label_scope="final") gets several look-ups per example.
+        pool = [(q.format(**facts), a.format(**facts)) for kind, facts in passages
+                for q, a in KINDS[kind][1]]
+        pool = [qa for qa in pool if qa[0] != example["question"]]
+        turns = rng.sample(pool, min(len(pool), rng.randint(0, config.history_questions)))
+        example["history"] = [m for q, a in turns for m in ({"role": "user", "content": q},
+                                                             {"role": "assistant", "content": a})]
+    return example
 
 
 def make_task(config: SyntheticConfig | None = None) -> SyntheticTask:
@@ -191,8 +222,8 @@ def make_corpus(n_passages: int = 60, seed: int = 0) -> list[dict[str, Any]]:
     for i, name in enumerate(rng.sample(names, n_passages)):
         kind = kinds[i % len(kinds)]
         facts = _facts(rng, kind, name)
-        title = {"river": "{name} river", "mountain": "Mount {name}", "person": "Doctor {name}",
-                 "company": "{name} Works"}[kind].format(**facts)
+        title = TITLES[kind].format(**facts)
+        title = title[0].upper() + title[1:]
         out.append({
             "id": f"synthetic-{i:03d}",
             "title": title,
@@ -213,7 +244,8 @@ def _vocabulary() -> list[str]:
     names, cities = _pools()
     pattern, placeholder = re.compile(TOKEN_PATTERN), re.compile(r"\{[a-z]+\}")
     cfg = task_prompt_config()
-    scaffolding = [cfg.untitled_doc_template, cfg.doc_template, cfg.plain_final_template, cfg.question_template]
+    scaffolding = [cfg.untitled_doc_template, cfg.doc_template, cfg.plain_final_template, cfg.question_template,
+                   "User: \nAssistant: "]  # + how PromptBuilder renders plain chat history
     for template, qa in KINDS.values():
         scaffolding += [template, *(part for pair in qa for part in pair)]
     pieces: dict[str, None] = {}

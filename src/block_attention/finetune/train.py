@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..prompt import PromptConfig
+from ..prompt import PromptConfig, recorded_prompt_config
 from .collator import BlockCollator, CollatorMode, LabelScope, TrainingDataError
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -199,14 +199,6 @@ def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 raise TrainingDataError(f"{p}:{number} must be a JSON object with 'blocks', 'question', 'answer'.")
             out.append(record)
     return out
-
-
-def recorded_prompt_config(model: Any) -> PromptConfig | None:
-    """The prompt config a previous block fine-tune recorded in ``model.config`` (or None)."""
-    record = getattr(model.config, "block_attention", None)
-    if isinstance(record, Mapping) and isinstance(record.get("prompt_config"), Mapping):
-        return PromptConfig(**record["prompt_config"])
-    return None
 
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
