@@ -48,7 +48,6 @@ import torch
 import workload as wl
 
 from block_attention import BlockAttentionEngine, KVStore, StoreConfig
-from block_attention.assemble import assemble_cache
 from block_attention.store import serialize
 
 METHODS = ("full", "prefix_miss", "prefix_same_docs", "prefix_identical", "block_cold", "block_warm_memory",
@@ -128,21 +127,20 @@ class Sweep:
         self.disk_dir = os.path.join(tmp, "kv")
         self.disk_cfg = StoreConfig(memory_bytes=64 * GiB, disk_dir=self.disk_dir, disk_bytes=64 * GiB,
                                     memory_device=mem_device)
+        self.tok = tok
         self.full = BlockAttentionEngine(model, tok, store=False)
         self.prefix = bc.PrefixCache(self.full)
         self.cold = BlockAttentionEngine(model, tok, store=self.mem_cfg)
         self.warm = BlockAttentionEngine(model, tok, store=self.mem_cfg)
-        self.disk = BlockAttentionEngine(model, tok, store=StoreConfig(memory_bytes=0, disk_dir=self.disk_dir,
-                                                                       disk_bytes=64 * GiB))
         t0 = time.perf_counter()
         self.warm_report = self.warm.warm(pool)
         self.warm_s = time.perf_counter() - t0
         # the disk tier gets the same tensors (written through, as a cold request would)
-        for b in self.warm.layout(pool, "?").blocks:
-            key = self.warm.cache_key(b.doc_id, b.token_ids)
-            self.disk.store.put(key, self.warm.store.get(key))
-        self.disk.store.close()
-        self.disk.store = None
+        with KVStore(StoreConfig(memory_bytes=0, disk_dir=self.disk_dir, disk_bytes=64 * GiB)) as disk:
+            plan = self.warm.plan(pool, "?")
+            for key in plan.keys:
+                disk.put(key, self.warm.store.get(key))
+        self.disk: BlockAttentionEngine | None = None
         self.rng = random.Random(0)
         self.last_first: str | None = None
 
@@ -167,30 +165,23 @@ class Sweep:
     def _open_disk(self, drop_pages: bool) -> None:
         if drop_pages:
             bc.drop_page_cache(self.disk_dir)
-        self.disk.store = KVStore(self.disk_cfg)  # a restart: empty memory tier, same directory
+        # a restart: a new engine and store (empty memory tier) on the same directory
+        self.disk = BlockAttentionEngine(self.model, self.tok, store=self.disk_cfg)
 
     def _close_disk(self) -> None:
-        if self.disk.store is not None:
-            self.disk.store.close()
-            self.disk.store = None
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
 
-    @torch.inference_mode()
     def _assembled(self, blocks: list[Any], question: str) -> tuple[Any, Any]:
-        layout = self.warm.layout(blocks, question)
-        stats: dict[str, Any] = {"memory_hits": 0, "disk_hits": 0, "misses": 0}
-        kvs = self.warm._block_kvs(layout, stats)
-        assert stats["misses"] == 0, stats
-        cache = assemble_cache(kvs, [b.offset for b in layout.blocks], self.warm.rotary, self.device)
-        return layout, cache
+        """The plan and assembled cache of a warm request (the lower bound then times only the final block)."""
+        plan = self.warm.plan(blocks, question, mode="block")
+        lookup = self.warm.lookup(plan)
+        assert not lookup.missing, "the lower bound needs every block cached"
+        return plan, self.warm.assemble(plan, self.warm.encode(plan, lookup))
 
-    @torch.inference_mode()
-    def _final_forward(self, layout: Any, cache: Any) -> Any:
-        # exactly the engine's final-block call (engine.py, BlockAttentionEngine._prefill)
-        ids = list(layout.final_ids)
-        first = layout.context_len
-        return self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
-                          position_ids=torch.arange(first, first + len(ids), device=self.device)[None],
-                          past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    def _final_forward(self, plan: Any, assembled: Any) -> Any:
+        return self.warm.prefill_final(plan, assembled)
 
     def round(self, blocks: list[Any], r: int, results: dict[str, bc.Samples] | None, probe: bool) -> None:
         """One request of every method (``results=None``: warmup, peak memory probed when ``probe``)."""
@@ -226,9 +217,9 @@ class Sweep:
         run("prefix_identical", lambda: self.prefix.prefill(order, q2))
         run("block_cold", lambda: self.cold.prefill(order, q1, mode="block"), setup=self.cold.store.clear)
         run("block_warm_memory", lambda: self.warm.prefill(order, q1, mode="block"))
-        run("block_warm_disk", lambda: self.disk.prefill(order, q1, mode="block"),
+        run("block_warm_disk", lambda: self.disk.prefill(order, q1, mode="block"),  # type: ignore[union-attr]
             setup=lambda: self._open_disk(False), teardown=self._close_disk)
-        run("block_warm_disk_cold", lambda: self.disk.prefill(order, q1, mode="block"),
+        run("block_warm_disk_cold", lambda: self.disk.prefill(order, q1, mode="block"),  # type: ignore[union-attr]
             setup=lambda: self._open_disk(True), teardown=self._close_disk)
         layout_cache: list[Any] = []
         run("lower_bound", lambda: self._final_forward(*layout_cache[0]),
@@ -357,8 +348,8 @@ def dtype_probe(args: argparse.Namespace, tokens: int = 1024, final: int = 50, r
 def profile_warm(sw: Sweep, blocks: list[Any], requests: int = 3) -> dict[str, str]:
     out = {}
     for name, setup, teardown, engine in (
-        ("block_warm_memory", None, None, sw.warm),
-        ("block_warm_disk", lambda: sw._open_disk(False), sw._close_disk, sw.disk),
+        ("block_warm_memory", None, None, lambda: sw.warm),
+        ("block_warm_disk", lambda: sw._open_disk(False), sw._close_disk, lambda: sw.disk),
     ):
         prof = cProfile.Profile()
         for i in range(requests):
@@ -366,7 +357,7 @@ def profile_warm(sw: Sweep, blocks: list[Any], requests: int = 3) -> dict[str, s
             if setup:
                 setup()
             prof.enable()
-            engine.prefill(order, sw.questions[i % len(sw.questions)], mode="block")
+            engine().prefill(order, sw.questions[i % len(sw.questions)], mode="block")
             prof.disable()
             if teardown:
                 teardown()

@@ -12,10 +12,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Block": "blocks",
-    "BlockAttentionEngine": "engine", "Generation": "engine", "RequestStats": "engine", "PrefillOutput": "engine",
+    "BlockAttentionEngine": "engine", "Generation": "stages", "RequestStats": "stages", "PrefillOutput": "stages",
+    "RequestPlan": "stages", "TextStream": "stages",
     "EngineConfig": "config", "GenerationConfig": "config",
     "PromptConfig": "prompt", "PromptBuilder": "prompt",
-    "KVStore": "store", "StoreConfig": "store",
+    "KVStore": "store", "StoreConfig": "store", "KVTier": "store",
     "BlockAttentionError": "errors", "UnsupportedModelError": "errors", "ContextTooLongError": "errors",
     "InvalidRequestError": "errors", "ConfigError": "errors", "StoreError": "errors",
 }

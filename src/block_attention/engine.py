@@ -1,19 +1,27 @@
 """The block-attention engine: one request = cached blocks + a final block, answered by a causal LM.
 
-Block mode: every block's KV comes from the store or is encoded alone at positions ``0..n-1`` (all missing
-blocks of a request batched together), keys are re-rotated to the block's offset, the blocks are concatenated
-into a fresh cache, and only the final block is prefilled, attending to everything. Full mode: the same tokens
-in one ordinary prefill. Both then decode with the same loop (greedy or sampled, stop strings, streaming).
+The work is split into public stages, each a method with a typed result (:mod:`block_attention.stages`):
 
-Guarantees: stored KV is never mutated by a request; a cache failure costs a recompute, never a wrong answer;
-a model that cannot be served exactly is refused at construction with :class:`UnsupportedModelError`.
+* :meth:`~BlockAttentionEngine.plan` renders and tokenizes the request and fits it to the context window;
+* :meth:`~BlockAttentionEngine.lookup` asks the KV store for every block (one call per block; it says which tier
+  hit);
+* :meth:`~BlockAttentionEngine.encode` encodes the missing blocks alone at positions ``0..n-1`` (batched) and
+  stores them;
+* :meth:`~BlockAttentionEngine.assemble` re-rotates every block's keys to its offset and concatenates them into a
+  fresh cache;
+* :meth:`~BlockAttentionEngine.prefill_final` runs the final block over that cache (block mode) or every token
+  (full mode);
+* :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming).
+
+:meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
+request; a cache failure costs a recompute, never a wrong answer; a model that cannot be served exactly is
+refused at construction with :class:`UnsupportedModelError`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,87 +38,33 @@ from .kv import BlockKV
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
 from .rope import inspect_model
+from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
+                     TextStream, WarmReport)
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
 
-
-@dataclass(frozen=True)
-class RequestStats:
-    """What one request cost and what the cache gave it. Times in seconds."""
-
-    mode: str
-    prompt_tokens: int
-    context_tokens: int
-    final_tokens: int
-    blocks: int
-    memory_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0
-    encoded_tokens: int = 0
-    dropped: tuple[str, ...] = ()
-    lookup_s: float = 0.0
-    encode_s: float = 0.0
-    assemble_s: float = 0.0
-    prefill_s: float = 0.0
-    ttft_s: float = 0.0
-    total_s: float = 0.0
-    new_tokens: int = 0
-
-    @property
-    def hits(self) -> int:
-        return self.memory_hits + self.disk_hits
-
-    def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-        return {**asdict(self), "hits": self.hits}
+__all__ = ["BlockAttentionEngine", "Generation", "PrefillOutput", "RequestStats", "TextStream", "WarmReport"]
 
 
-@dataclass(frozen=True)
-class PrefillOutput:
-    logits: torch.Tensor  # [F, V] final-block logits (all_logits) or [1, V] (last token only)
-    cache: DynamicCache
-    layout: PromptLayout
-    stats: RequestStats
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str  # "eos" | "stop" | "length"
-    stats: RequestStats
-
-
-@dataclass(frozen=True)
-class WarmReport:
-    blocks: int
-    already_cached: int
-    encoded: int
-    encoded_tokens: int
-    kv_bytes: int
-
-
-@dataclass
-class TextStream:
-    """Iterator over generated text deltas; ``result`` holds the :class:`Generation` once exhausted."""
-
-    _gen: Iterator[str]
-    result: Generation | None = field(default=None)
-
-    def __iter__(self) -> Iterator[str]:
-        while True:
-            try:
-                yield next(self._gen)
-            except StopIteration as stop:
-                self.result = stop.value
-                return
+def open_store(store: KVStore | StoreConfig | None | bool) -> KVStore | None:
+    """The engine's KV store from its ``store`` argument: a store as given, a config to build one, ``None`` for
+    the default in-memory store, ``False`` for none."""
+    if store is False:
+        return None
+    if isinstance(store, KVStore):
+        return store
+    if store is None or isinstance(store, StoreConfig):
+        return KVStore(store or StoreConfig())
+    raise ConfigError(f"store must be a KVStore, a StoreConfig, None or False, got {type(store).__name__}; pass "
+                      "StoreConfig(...) to build one.")
 
 
 class BlockAttentionEngine:
     """Serve block-attention requests with a transformers causal LM.
 
     ``store``: a :class:`KVStore`, a :class:`StoreConfig` to build one, or ``None`` for the default in-memory
-    store; pass ``store=False`` to disable caching (blocks are still encoded separately in block mode).
+    store; pass ``store=False`` to disable caching (blocks are still encoded separately in block mode). The engine
+    owns a store it built and closes it in :meth:`close` (also as a context manager).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None,
@@ -124,20 +78,14 @@ class BlockAttentionEngine:
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
         self.fingerprint, self.fingerprint_parts = model_fingerprint(model, tokenizer, self.rotary,
                                                                      self.prompt_config)
-        if store is False:
-            self.store: KVStore | None = None
-        elif isinstance(store, KVStore):
-            self.store = store
-        else:
-            self.store = KVStore(store if isinstance(store, StoreConfig) else StoreConfig())
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
+        self._owns_store = not isinstance(store, KVStore)
+        self.store: KVStore | None = open_store(store)
+        self.pad_id = pad_token_id(tokenizer)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
 
-    # -- construction helpers --------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, config: EngineConfig | None = None,
                         store: KVStore | StoreConfig | None | bool = None, dtype: Any = "auto",
@@ -155,6 +103,19 @@ class BlockAttentionEngine:
             model = model.to(device)
         return cls(model, tokenizer, config=config, store=store)
 
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush and close the KV store if the engine built it (a store passed in is the caller's to close)."""
+        if self.store is not None and self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "BlockAttentionEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model facts -----------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -170,15 +131,27 @@ class BlockAttentionEngine:
         element = torch.finfo(next(self.model.parameters()).dtype).bits // 8
         return 2 * cfg.num_hidden_layers * kv_heads * self.rotary.head_dim * element
 
-    # -- layout ----------------------------------------------------------------------------------------------
+    def estimate_kv_bytes(self, n_tokens: int) -> int:
+        return n_tokens * self.kv_bytes_per_token
+
+    def cache_key(self, doc_id: str, token_ids: Sequence[int]) -> CacheKey:
+        return CacheKey(self.fingerprint, doc_id, token_hash(token_ids))
+
+    # -- stage 1: plan ---------------------------------------------------------------------------------------
     def layout(self, blocks: Sequence[Block | str], question: str, system: str | None = None,
                history: Sequence[Message] = ()) -> PromptLayout:
+        """The token layout of a request as given (no overflow handling)."""
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
         return self.builder.layout(blocks, question, system, history)
 
-    def _fit(self, blocks: list[Block], question: str, system: str | None, history: Sequence[Message],
-             mode: Mode, max_new_tokens: int) -> tuple[PromptLayout, tuple[str, ...]]:
+    def plan(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
+             history: Sequence[Message] = (), mode: Mode | None = None, max_new_tokens: int = 0) -> RequestPlan:
+        """Render and tokenize the request, fit it to the context window (dropping blocks when configured)."""
+        started = time.perf_counter()
+        mode = check_mode(mode or self.config.mode)
+        blocks = as_blocks(blocks)
+        check_unique_ids(blocks)
         limit, reason = self.max_positions, f"the model's context window is {self.max_positions} tokens"
         if mode == "block" and self.rotary.exact_limit is not None and self.rotary.exact_limit < limit:
             limit, reason = self.rotary.exact_limit, str(self.rotary.limit_reason)
@@ -187,7 +160,7 @@ class BlockAttentionEngine:
             layout = self.builder.layout(blocks, question, system, history)
             need = layout.total_len + max_new_tokens
             if need <= limit:
-                return layout, tuple(dropped)
+                break
             if self.config.overflow == "error" or not blocks:
                 raise ContextTooLongError(
                     f"The prompt needs {layout.total_len} tokens plus {max_new_tokens} new tokens ({need}), but "
@@ -197,131 +170,110 @@ class BlockAttentionEngine:
             victim = _lowest_ranked(blocks)
             dropped.append(blocks[victim].key)
             blocks = blocks[:victim] + blocks[victim + 1:]
+        keys = tuple(self.cache_key(b.doc_id, b.token_ids) for b in layout.blocks)
+        return RequestPlan(mode, layout, keys, tuple(dropped), started)
 
-    # -- block KV --------------------------------------------------------------------------------------------
-    def cache_key(self, doc_id: str, token_ids: Sequence[int]) -> CacheKey:
-        return CacheKey(self.fingerprint, doc_id, token_hash(token_ids))
-
-    def _block_kvs(self, layout: PromptLayout, stats: dict[str, Any]) -> list[BlockKV]:
-        """KV of each block of ``layout`` (from the store or freshly encoded, then stored)."""
+    # -- stage 2: lookup -------------------------------------------------------------------------------------
+    def lookup(self, plan: RequestPlan) -> Lookup:
+        """Ask the store for each distinct block once; what it lacks is listed as missing."""
         t0 = time.perf_counter()
-        keys = [self.cache_key(b.doc_id, b.token_ids) for b in layout.blocks]
         found: dict[CacheKey, BlockKV] = {}
         missing: dict[CacheKey, tuple[int, ...]] = {}
-        for key, span in zip(keys, layout.blocks):
+        hits: dict[str, int] = {}
+        for key, span in zip(plan.keys, plan.layout.blocks):
             if key in found or key in missing:
                 continue
-            kv = None
-            if self.store is not None:
-                tier = self.store.contains(key)
-                kv = self.store.get(key, device=self.device) if tier else None
-                if kv is not None:
-                    stats["memory_hits" if tier == "memory" else "disk_hits"] += 1
-            if kv is None:
+            hit = self.store.lookup(key, device=self.device) if self.store is not None else None
+            if hit is None:
                 missing[key] = span.token_ids
             else:
-                found[key] = kv
-        stats["misses"] = len(missing)
-        t1 = time.perf_counter()
-        stats["lookup_s"] = t1 - t0
-        if missing:
-            encoded = encode_blocks(self.model, list(missing.values()), pad_id=self.pad_id,
+                found[key] = hit.kv
+                hits[hit.tier] = hits.get(hit.tier, 0) + 1
+        return Lookup(found, missing, hits, time.perf_counter() - t0)
+
+    # -- stage 3: encode -------------------------------------------------------------------------------------
+    def encode(self, plan: RequestPlan, lookup: Lookup, *, store: bool = True) -> BlockKVs:
+        """Encode the missing blocks alone (batched), store them (unless ``store=False``), return every KV."""
+        t0 = time.perf_counter()
+        found = dict(lookup.found)
+        if lookup.missing:
+            encoded = encode_blocks(self.model, list(lookup.missing.values()), pad_id=self.pad_id,
                                     max_batch_tokens=self.config.max_batch_tokens)
-            for key, kv in zip(missing, encoded):
+            for key, kv in zip(lookup.missing, encoded):
                 found[key] = kv
-                if self.store is not None:
+                if store and self.store is not None:
                     self.store.put(key, kv)
-            stats["encoded_tokens"] = sum(len(ids) for ids in missing.values())
-        stats["encode_s"] = time.perf_counter() - t1
-        return [found[k] for k in keys]
+        tokens = sum(len(ids) for ids in lookup.missing.values())
+        return BlockKVs(tuple(found[k] for k in plan.keys), len(lookup.missing), tokens, time.perf_counter() - t0)
 
-    def warm(self, blocks: Sequence[Block | str], system: str | None = None, show_progress: bool = False,
-             batch_blocks: int = 64) -> WarmReport:
-        """Precompute and store the KV of ``blocks`` (and of the prompt prefix) so the first query is warm."""
-        if self.store is None:
-            raise ConfigError("warm() needs a KV store; construct the engine with store=None or a StoreConfig.")
-        blocks = as_blocks(blocks)
-        check_unique_ids(blocks)
-        spans = {}
-        for start in range(0, max(len(blocks), 1), batch_blocks):
-            layout = self.builder.layout(blocks[start:start + batch_blocks], "?", system)
-            spans.update({self.cache_key(b.doc_id, b.token_ids): b.token_ids for b in layout.blocks})
-        todo = {k: ids for k, ids in spans.items() if not self.store.contains(k)}
-        items = list(todo.items())
-        chunks = range(0, len(items), batch_blocks)
-        if show_progress:
-            from tqdm.auto import tqdm
-            chunks = tqdm(chunks, desc="encoding blocks", unit="batch")
-        nbytes = 0
-        for start in chunks:
-            part = items[start:start + batch_blocks]
-            encoded = encode_blocks(self.model, [ids for _, ids in part], pad_id=self.pad_id,
-                                    max_batch_tokens=self.config.max_batch_tokens)
-            for (key, _), kv in zip(part, encoded):
-                self.store.put(key, kv)
-                nbytes += kv.nbytes
-        return WarmReport(len(spans), len(spans) - len(todo), len(todo), sum(len(i) for i in todo.values()), nbytes)
+    # -- stage 4: assemble -----------------------------------------------------------------------------------
+    def assemble(self, plan: RequestPlan, blocks: BlockKVs) -> Assembled:
+        """A fresh cache holding every block re-rotated to its offset (the inputs are never written)."""
+        t0 = time.perf_counter()
+        offsets = [b.offset for b in plan.layout.blocks]
+        cache = assemble_cache(blocks.kvs, offsets, self.rotary, self.device)
+        return Assembled(cache, time.perf_counter() - t0)
 
-    def estimate_kv_bytes(self, n_tokens: int) -> int:
-        return n_tokens * self.kv_bytes_per_token
-
-    # -- prefill ---------------------------------------------------------------------------------------------
+    # -- stage 5: prefill ------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _prefill(self, blocks: Sequence[Block | str], question: str, system: str | None,
-                 history: Sequence[Message], mode: Mode | None, max_new_tokens: int,
-                 all_logits: bool) -> tuple[torch.Tensor, DynamicCache, PromptLayout, dict[str, Any]]:
-        start = time.perf_counter()
-        mode = check_mode(mode or self.config.mode)
-        blocks = as_blocks(blocks)
-        check_unique_ids(blocks)
-        layout, dropped = self._fit(blocks, question, system, history, mode, max_new_tokens)
-        stats: dict[str, Any] = dict(mode=mode, prompt_tokens=layout.total_len, context_tokens=layout.context_len,
-                                     final_tokens=len(layout.final_ids), blocks=len(layout.blocks),
-                                     memory_hits=0, disk_hits=0, misses=0, dropped=dropped, _start=start)
-        device = self.device
-        keep = 0 if all_logits else 1
-        if mode == "block" and layout.blocks:
-            kvs = self._block_kvs(layout, stats)
-            t0 = time.perf_counter()
-            cache = assemble_cache(kvs, [b.offset for b in layout.blocks], self.rotary, device)
-            stats["assemble_s"] = time.perf_counter() - t0
-            ids, first = list(layout.final_ids), layout.context_len
+    def prefill_final(self, plan: RequestPlan, assembled: Assembled | None = None, *,
+                      all_logits: bool = False) -> Prefilled:
+        """Run the final block over ``assembled`` (block mode), or every token over an empty cache (full mode,
+        or a request without blocks). ``all_logits`` keeps one row per final-block token."""
+        t0 = time.perf_counter()
+        layout = plan.layout
+        if plan.mode == "block" and layout.blocks:
+            if assembled is None:
+                raise ConfigError("prefill_final needs the assembled cache of a block-mode request; call "
+                                  "assemble() first, or plan the request with mode='full'.")
+            cache, ids, first = assembled.cache, list(layout.final_ids), layout.context_len
         else:
             cache, ids, first = DynamicCache(), layout.input_ids(), 0
-        t0 = time.perf_counter()
+        device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
         out = self.model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=keep)
+                         logits_to_keep=0 if all_logits else 1)
         logits = out.logits[0]  # [q or 1, V]
-        if all_logits and mode == "full":
+        if all_logits and first == 0:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
-        stats["prefill_s"] = time.perf_counter() - t0
-        return logits, out.past_key_values, layout, stats
+        return Prefilled(logits, out.past_key_values, layout.total_len, time.perf_counter() - t0)
+
+    def run_prefill(self, plan: RequestPlan, *, all_logits: bool = False
+                    ) -> tuple[Prefilled, Lookup | None, BlockKVs | None, Assembled | None]:
+        """Every stage up to the first token for ``plan``: lookup, encode, assemble (block mode), prefill."""
+        if plan.mode == "block" and plan.layout.blocks:
+            lookup = self.lookup(plan)
+            blocks = self.encode(plan, lookup)
+            assembled = self.assemble(plan, blocks)
+            return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
+        return self.prefill_final(plan, all_logits=all_logits), None, None, None
 
     def prefill(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                 history: Sequence[Message] = (), mode: Mode | None = None,
                 all_logits: bool = False) -> PrefillOutput:
         """Build the cache and run the final block; returns its logits (for scoring, oracles, custom decoding)."""
-        logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode, 0, all_logits)
-        stats["ttft_s"] = stats["total_s"] = time.perf_counter() - stats.pop("_start")
-        return PrefillOutput(logits, cache, layout, RequestStats(**stats))
+        plan = self.plan(blocks, question, system=system, history=history, mode=mode)
+        prefilled, lookup, kvs, assembled = self.run_prefill(plan, all_logits=all_logits)
+        elapsed = time.perf_counter() - plan.started
+        stats = RequestStats.of(plan, lookup, kvs, assembled, prefilled, ttft_s=elapsed, total_s=elapsed)
+        return PrefillOutput(prefilled.logits, prefilled.cache, plan.layout, stats)
 
-    # -- generation ------------------------------------------------------------------------------------------
-    def _run(self, blocks: Sequence[Block | str], question: str, system: str | None,
-             history: Sequence[Message], mode: Mode | None,
-             generation: GenerationConfig) -> Iterator[str]:
-        logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode,
-                                                     generation.max_new_tokens, False)
-        start = stats.pop("_start")
+    # -- stage 6: decode -------------------------------------------------------------------------------------
+    def decode(self, plan: RequestPlan, prefilled: Prefilled, generation: GenerationConfig,
+               trace: dict[str, Any] | None = None) -> Iterator[str]:
+        """Yield text pieces decoded from ``prefilled``; the generator's return value is the :class:`Generation`.
+
+        ``trace`` is the keyword arguments of :meth:`RequestStats.of` (stage results) used for the final stats.
+        """
         select = TokenSelector(generation, self.device)
         tracker = TextTracker(self.tokenizer, generation.stop)
-        position = layout.total_len
-        finish = "length"
+        cache, logits, position = prefilled.cache, prefilled.logits, prefilled.position
+        finish, ttft = "length", 0.0
         for step in range(generation.max_new_tokens):
             token = select(logits[-1])
             if step == 0:
-                stats["ttft_s"] = time.perf_counter() - start
+                ttft = time.perf_counter() - plan.started
             if generation.stop_on_eos and token in self.eos_ids:
                 finish = "eos"
                 break
@@ -342,10 +294,11 @@ class BlockAttentionEngine:
         rest = tracker.delta(final=True)
         if rest:
             yield rest
-        stats["new_tokens"] = len(tracker.token_ids)
-        stats["total_s"] = time.perf_counter() - start
-        return Generation(tracker.text, tuple(tracker.token_ids), finish, RequestStats(**stats))
+        stats = RequestStats.of(plan, **(trace or {}), prefilled=prefilled, ttft_s=ttft,
+                                total_s=time.perf_counter() - plan.started, new_tokens=len(tracker.token_ids))
+        return Generation(tracker.text, tuple(tracker.token_ids), finish, stats)
 
+    # -- whole requests --------------------------------------------------------------------------------------
     def generate(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                  history: Sequence[Message] = (), mode: Mode | None = None,
                  generation: GenerationConfig | None = None, **overrides: Any) -> Generation:
@@ -362,7 +315,49 @@ class BlockAttentionEngine:
                generation: GenerationConfig | None = None, **overrides: Any) -> TextStream:
         """Like :meth:`generate` but yields text pieces as they are decoded; ``.result`` is set at the end."""
         generation = _with_overrides(generation or GenerationConfig(), overrides)
-        return TextStream(self._run(blocks, question, system, history, mode, generation))
+        plan = self.plan(blocks, question, system=system, history=history, mode=mode,
+                         max_new_tokens=generation.max_new_tokens)
+        return TextStream(self._answer(plan, generation))
+
+    def _answer(self, plan: RequestPlan, generation: GenerationConfig) -> Iterator[str]:
+        prefilled, lookup, kvs, assembled = self.run_prefill(plan)
+        trace = {"lookup": lookup, "encoded": kvs, "assembled": assembled}
+        return (yield from self.decode(plan, prefilled, generation, trace))
+
+    # -- warming ---------------------------------------------------------------------------------------------
+    def warm(self, blocks: Sequence[Block | str], system: str | None = None, show_progress: bool = False,
+             batch_blocks: int = 64) -> WarmReport:
+        """Precompute and store the KV of ``blocks`` (and of the prompt prefix) so the first query is warm."""
+        if self.store is None:
+            raise ConfigError("warm() needs a KV store; construct the engine with store=None or a StoreConfig.")
+        blocks = as_blocks(blocks)
+        check_unique_ids(blocks)
+        spans = {}
+        for start in range(0, max(len(blocks), 1), batch_blocks):
+            layout = self.builder.layout(blocks[start:start + batch_blocks], "?", system)
+            spans.update({self.cache_key(b.doc_id, b.token_ids): b.token_ids for b in layout.blocks})
+        todo = {k: ids for k, ids in spans.items() if self.store.contains(k) is None}
+        items = list(todo.items())
+        chunks = range(0, len(items), batch_blocks)
+        if show_progress:
+            from tqdm.auto import tqdm
+            chunks = tqdm(chunks, desc="encoding blocks", unit="batch")
+        nbytes = 0
+        for start in chunks:
+            part = items[start:start + batch_blocks]
+            encoded = encode_blocks(self.model, [ids for _, ids in part], pad_id=self.pad_id,
+                                    max_batch_tokens=self.config.max_batch_tokens)
+            for (key, _), kv in zip(part, encoded):
+                self.store.put(key, kv)
+                nbytes += kv.nbytes
+        self.store.flush()
+        return WarmReport(len(spans), len(spans) - len(todo), len(todo), sum(len(i) for i in todo.values()), nbytes)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used to pad batches: the tokenizer's pad token, else its EOS, else 0."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad if pad is not None else 0)
 
 
 def _with_overrides(generation: GenerationConfig, overrides: dict[str, Any]) -> GenerationConfig:

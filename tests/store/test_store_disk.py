@@ -60,20 +60,20 @@ def _flip(data: bytes) -> bytes:
 def test_round_trip_after_restart_is_bitwise(tmp_path: Path, size: dict[str, int]) -> None:
     kv = make_kv(7, **size)
     first = DiskTier(tmp_path / "kv", 64 * MiB)
-    assert first.save(key(), kv)
+    assert first.put(key(), kv)
     first.close()
     second = DiskTier(tmp_path / "kv", 64 * MiB)
-    out = second.load(key())
+    out = second.get(key())
     assert out is not None and kv_bitwise_equal(out, kv)
     assert second.contains(key()) and len(second) == 1
     second.close()
 
 
 def test_other_fingerprint_or_hash_is_a_miss(tier: DiskTier) -> None:
-    tier.save(key(), make_kv())
-    assert tier.load(key(fp="fp-b")) is None
-    assert tier.load(key(content="hash-1")) is None
-    assert tier.get(key(doc="other")) is None
+    tier.put(key(), make_kv())
+    assert tier.get(key(fp="fp-b")) is None
+    assert tier.get(key(content="hash-1")) is None
+    assert tier.get_bytes(key(doc="other")) is None
     assert tier.corrupt_dropped == 0
 
 
@@ -84,20 +84,20 @@ def test_damaged_entry_is_dropped_logged_and_missed(
 ) -> None:
     directory = tmp_path / "kv"
     tier = DiskTier(directory, 64 * MiB)
-    tier.save(key(), make_kv(**size))
+    tier.put(key(), make_kv(**size))
     where = _rewrite(directory, key(), damage)
     assert where == ("file" if size is LARGE else "inline")
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
-        assert tier.load(key()) is None
+        assert tier.get(key()) is None
     assert tier.corrupt_dropped == 1 and not tier.contains(key()) and len(tier) == 0
     assert any("corrupt" in r.getMessage().lower() and r.name == "block_attention.store" for r in caplog.records)
     tier.close()
 
 
 def test_entry_copied_into_another_keys_slot_is_corrupt(tier: DiskTier, caplog: pytest.LogCaptureFixture) -> None:
-    assert tier.put(key(doc="victim"), serialize.dumps(key(doc="source"), make_kv()))
+    assert tier.put_bytes(key(doc="victim"), serialize.dumps(key(doc="source"), make_kv()))
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
-        assert tier.load(key(doc="victim")) is None
+        assert tier.get(key(doc="victim")) is None
     assert tier.corrupt_dropped == 1 and not tier.contains(key(doc="victim"))
     assert "does not match the requested key" in caplog.text
 
@@ -115,8 +115,8 @@ def test_planted_pickle_value_is_never_unpickled(
 
     tier = DiskTier(directory, 64 * MiB)
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
+        assert tier.get_bytes(key()) is None
         assert tier.get(key()) is None
-        assert tier.load(key()) is None
     assert not marker.exists()
     assert tier.corrupt_dropped == 1 and not tier.contains(key())
     assert "refusing" in caplog.text
@@ -133,7 +133,7 @@ def test_planted_pickled_key_is_never_unpickled(tmp_path: Path) -> None:
     with diskcache.Cache(str(directory)) as plain:
         plain.set(Planted(marker), b"payload")
     tier = DiskTier(directory, 64 * MiB)
-    assert tier.get(key()) is None
+    assert tier.get_bytes(key()) is None
     with pytest.raises(CorruptEntryError, match="unpickle"):
         list(tier._cache.iterkeys())  # the only diskcache paths that decode stored keys
     assert not marker.exists()
@@ -151,12 +151,12 @@ def test_safe_disk_refuses_to_pickle(tier: DiskTier) -> None:
 
 
 def test_delete_doc_removes_every_fingerprint(tier: DiskTier) -> None:
-    tier.save(key(doc="d1", fp="a"), make_kv(1))
-    tier.save(key(doc="d1", fp="b"), make_kv(2))
-    tier.save(key(doc="d2", fp="a"), make_kv(3))
+    tier.put(key(doc="d1", fp="a"), make_kv(1))
+    tier.put(key(doc="d1", fp="b"), make_kv(2))
+    tier.put(key(doc="d2", fp="a"), make_kv(3))
     assert tier.delete_doc("d1") == 2
     assert not tier.contains(key(doc="d1", fp="a")) and not tier.contains(key(doc="d1", fp="b"))
-    assert tier.load(key(doc="d2", fp="a")) is not None
+    assert tier.get(key(doc="d2", fp="a")) is not None
     assert tier.delete_doc("nothing") == 0
 
 
@@ -165,8 +165,8 @@ def test_byte_bound_culls_least_recently_used(tmp_path: Path) -> None:
     entry = len(serialize.dumps(key(), make_kv(**LARGE)))  # ~64 KiB, file-backed
     keys = [key(doc=f"d{i}") for i in range(40)]  # ~2.6 MiB written in total
     for i, k in enumerate(keys):
-        assert tier.save(k, make_kv(i, **LARGE))
-        assert tier.get(keys[0]) is not None  # keep d0 recently used
+        assert tier.put(k, make_kv(i, **LARGE))
+        assert tier.get_bytes(keys[0]) is not None  # keep d0 recently used
         assert tier.volume() <= 1 * MiB + entry
     held = [k for k in keys if tier.contains(k)]
     assert len(held) < 20 and tier.contains(keys[0]) and tier.contains(keys[-1])
@@ -176,9 +176,9 @@ def test_byte_bound_culls_least_recently_used(tmp_path: Path) -> None:
 
 def test_entry_larger_than_the_budget_is_not_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tier = DiskTier(tmp_path / "kv", 1 * MiB)
-    tier.save(key(doc="small"), make_kv())
+    tier.put(key(doc="small"), make_kv())
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
-        assert tier.save(key(doc="huge"), make_kv(n_tokens=4096)) is False  # 2 MiB
+        assert tier.put(key(doc="huge"), make_kv(n_tokens=4096)) is False  # 2 MiB
     assert not tier.contains(key(doc="huge")) and tier.contains(key(doc="small"))
     assert "larger than the disk tier budget" in caplog.text
     tier.close()
@@ -187,16 +187,16 @@ def test_entry_larger_than_the_budget_is_not_written(tmp_path: Path, caplog: pyt
 def test_io_errors_are_misses_and_skipped_writes(
     tier: DiskTier, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tier.save(key(), make_kv())
+    tier.put(key(), make_kv())
 
     def broken(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
         monkeypatch.setattr(tier._cache, "get", broken)
-        assert tier.load(key()) is None
+        assert tier.get(key()) is None
         monkeypatch.setattr(tier._cache, "set", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-        assert tier.save(key(doc="new"), make_kv()) is False
+        assert tier.put(key(doc="new"), make_kv()) is False
     assert tier.corrupt_dropped == 0
     assert "read of" in caplog.text and "write of" in caplog.text
 
@@ -204,11 +204,11 @@ def test_io_errors_are_misses_and_skipped_writes(
 def test_missing_value_file_is_a_miss(tmp_path: Path) -> None:
     directory = tmp_path / "kv"
     tier = DiskTier(directory, 64 * MiB)
-    tier.save(key(), make_kv(**LARGE))
+    tier.put(key(), make_kv(**LARGE))
     for path in directory.rglob("*.val"):
         path.unlink()
-    assert tier.load(key()) is None
-    assert tier.save(key(), make_kv(**LARGE)) and tier.load(key()) is not None  # rewritable afterwards
+    assert tier.get(key()) is None
+    assert tier.put(key(), make_kv(**LARGE)) and tier.get(key()) is not None  # rewritable afterwards
     tier.close()
 
 
@@ -221,13 +221,13 @@ def test_unusable_directory_raises_store_error(tmp_path: Path) -> None:
     damaged.mkdir()
     (damaged / "cache.db").write_bytes(b"this is not an sqlite database" * 100)
     recovered = DiskTier(damaged, 64 * MiB)  # a damaged database is a cache failure: recover, never crash
-    assert len(recovered) == 0 and recovered.load(key()) is None
-    assert recovered.save(key(), make_kv()) and recovered.load(key()) is not None
+    assert len(recovered) == 0 and recovered.get(key()) is None
+    assert recovered.put(key(), make_kv()) and recovered.get(key()) is not None
     assert list(damaged.glob("cache.db.damaged-*"))
     recovered.close()
 
 
 def test_clear(tier: DiskTier) -> None:
-    tier.save(key(doc="a"), make_kv())
-    tier.save(key(doc="b"), make_kv(**LARGE))
+    tier.put(key(doc="a"), make_kv())
+    tier.put(key(doc="b"), make_kv(**LARGE))
     assert tier.clear() == 2 and len(tier) == 0

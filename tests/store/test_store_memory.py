@@ -81,7 +81,7 @@ def test_deletes_and_clear() -> None:
     tier: MemoryTier[str] = MemoryTier(10 * ENTRY)
     for name in ["x1", "x2", "y1", "y2"]:
         tier.put(name, make_kv())
-    assert tier.delete(lambda k: k.startswith("x")) == 2
+    assert tier.delete_where(lambda k: k.startswith("x")) == 2
     assert tier.delete_keys(["y1", "nope"]) == 1
     assert tier.keys() == ["y2"] and tier.nbytes == ENTRY
     assert tier.clear() == 1
@@ -105,7 +105,7 @@ def test_concurrent_puts_and_gets_keep_exact_accounting() -> None:
                 tier.put(i, kvs[i])
                 tier.get((i * 7) % len(kvs))
                 if step % 50 == 0:
-                    tier.delete(lambda k: k == offset)
+                    tier.delete_where(lambda k: k == offset)
         except BaseException as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 

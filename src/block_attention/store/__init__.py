@@ -2,8 +2,9 @@
 
 Contract:
 
-* :class:`KVStore` has an in-memory LRU tier (exact byte budget) in front of an optional size-bounded disk tier
-  (``diskcache`` + safetensors, write-through). A disk hit is promoted to memory.
+* :class:`KVStore` composes tiers that share one contract (:class:`KVTier`): an in-memory LRU tier (exact byte
+  budget) in front of an optional size-bounded disk tier (``diskcache`` + safetensors), write-through or
+  write-behind. ``lookup`` says which tier hit; a lower-tier hit is promoted upwards.
 * Entries are keyed by :class:`CacheKey`; a changed model or changed document text changes the key, so stale KV is
   never served. ``delete_doc`` drops a document under every fingerprint.
 * Returned :class:`~block_attention.kv.BlockKV` objects are shared and read-only; ``put`` keeps the tensors it is
@@ -15,6 +16,7 @@ Contract:
 
 from block_attention.store.config import StoreConfig
 from block_attention.store.keys import CacheKey
-from block_attention.store.tiered import KVStore, StoreStats
+from block_attention.store.tier import KVTier, TierStats
+from block_attention.store.tiered import Hit, KVStore, StoreStats
 
-__all__ = ["CacheKey", "KVStore", "StoreConfig", "StoreStats"]
+__all__ = ["CacheKey", "Hit", "KVStore", "KVTier", "StoreConfig", "StoreStats", "TierStats"]

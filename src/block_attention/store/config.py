@@ -31,18 +31,28 @@ class StoreConfig:
     * ``disk_bytes``: approximate bound of the disk tier (sqlite pages + value files), at least 1 MiB.
     * ``memory_device``: device the memory tier keeps tensors on (e.g. ``"cuda:0"``); ``None`` keeps them where
       they were produced (CPU for entries read back from disk).
+    * ``write_behind``: write new entries to the lower tiers (disk, remote) on a background thread instead of in
+      the request; ``write_queue`` bounds the queue (when full, the request writes itself). ``KVStore.flush()``
+      and ``close()`` wait for every queued write.
     """
 
     memory_bytes: int = 2 * GiB
     disk_dir: str | os.PathLike[str] | None = None
     disk_bytes: int = 20 * GiB
     memory_device: str | None = None
+    write_behind: bool = False
+    write_queue: int = 256
 
     def __post_init__(self) -> None:
         _check_memory_bytes(self.memory_bytes)
         _check_disk_dir(self.disk_dir)
         _check_disk_bytes(self.disk_bytes)
         _check_memory_device(self.memory_device)
+        if not isinstance(self.write_behind, bool):
+            raise ConfigError(f"StoreConfig.write_behind must be True or False, got {self.write_behind!r}; pass a bool.")
+        if not _is_int(self.write_queue) or self.write_queue < 1:
+            raise ConfigError(f"StoreConfig.write_queue must be a positive integer, got {self.write_queue!r}; pass "
+                              "e.g. write_queue=256.")
 
     @property
     def memory_enabled(self) -> bool:

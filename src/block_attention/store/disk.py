@@ -31,6 +31,7 @@ from block_attention.errors import CorruptEntryError, StoreError
 from block_attention.kv import BlockKV
 from block_attention.store import serialize
 from block_attention.store.keys import CacheKey
+from block_attention.store.tier import KVTier, TierStats
 
 logger = logging.getLogger("block_attention.store")
 
@@ -66,14 +67,17 @@ class SafeDisk(diskcache.Disk):
         raise CorruptEntryError(f"refusing to decode a value stored in diskcache mode {mode} (only bytes are allowed)")
 
 
-class DiskTier:
+class DiskTier(KVTier):
     """Size-bounded LRU disk cache of serialized block KV, keyed by :class:`CacheKey`."""
+
+    name = "disk"
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
         self._directory = os.fspath(directory)
         self._max_bytes = max_bytes
         self._corrupt_dropped = 0
         self._counter_lock = threading.Lock()
+        self._closed = False
         self._cache = _open_cache(self._directory, max_bytes)
 
     @property
@@ -94,7 +98,7 @@ class DiskTier:
         with self._counter_lock:
             self._corrupt_dropped = 0
 
-    def get(self, key: CacheKey) -> bytes | None:
+    def get_bytes(self, key: CacheKey) -> bytes | None:
         """Raw entry bytes for ``key`` (unvalidated), or None on a miss, refused entry or I/O error."""
         skey = key.as_str()
         try:
@@ -107,9 +111,9 @@ class DiskTier:
             return None
         return data
 
-    def load(self, key: CacheKey) -> BlockKV | None:
+    def get(self, key: CacheKey) -> BlockKV | None:
         """Validated entry for ``key`` (CPU tensors), or None; a corrupt entry is dropped and counted."""
-        data = self.get(key)
+        data = self.get_bytes(key)
         if data is None:
             return None
         try:
@@ -118,7 +122,7 @@ class DiskTier:
             self.drop_corrupt(key, str(exc))
             return None
 
-    def put(self, key: CacheKey, data: bytes) -> bool:
+    def put_bytes(self, key: CacheKey, data: bytes) -> bool:
         """Write serialized bytes for ``key``; return whether written (False if too large or on I/O error)."""
         skey = key.as_str()
         if len(data) > self._max_bytes:
@@ -134,9 +138,9 @@ class DiskTier:
             return False
         return True
 
-    def save(self, key: CacheKey, kv: BlockKV) -> bool:
+    def put(self, key: CacheKey, kv: BlockKV) -> bool:
         """Serialize ``kv`` (moved to CPU) and write it."""
-        return self.put(key, serialize.dumps(key, kv))
+        return self.put_bytes(key, serialize.dumps(key, kv))
 
     def contains(self, key: CacheKey) -> bool:
         """Whether an entry exists for ``key`` (not validated; does not touch recency)."""
@@ -183,6 +187,9 @@ class DiskTier:
             logger.warning("KV disk tier size query failed (%r).", exc)
             return 0
 
+    def stats(self) -> TierStats:
+        return TierStats(self.name, len(self), self.volume(), corrupt_dropped=self.corrupt_dropped)
+
     def __len__(self) -> int:
         try:
             return int(len(self._cache))
@@ -191,6 +198,10 @@ class DiskTier:
             return 0
 
     def close(self) -> None:
+        with self._counter_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._cache.close()
 
 

@@ -8,7 +8,8 @@ Contract:
   larger than the whole budget is not stored (and an older entry under the same key is dropped).
 * ``nbytes`` is the exact sum of ``kv.nbytes`` of the entries held; ``evictions`` counts entries dropped to make
   room (not replacements or deletes).
-* Every method is thread-safe (one lock per tier). Keys are any hashable (the store uses ``CacheKey``).
+* Implements :class:`~block_attention.store.tier.KVTier` (the store uses ``CacheKey`` keys; any hashable works).
+* Every method is thread-safe (one lock per tier).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from block_attention.kv import BlockKV
+from block_attention.store.tier import KVTier, TierStats
 
 K = TypeVar("K", bound=Hashable)
 
 
-class MemoryTier(Generic[K]):
+class MemoryTier(KVTier, Generic[K]):
     """Thread-safe LRU map ``key -> BlockKV`` bounded by total tensor bytes."""
+
+    name = "memory"
 
     def __init__(self, max_bytes: int) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
@@ -57,7 +61,7 @@ class MemoryTier(Generic[K]):
         with self._lock:
             return len(self._entries)
 
-    def contains(self, key: K) -> bool:
+    def contains(self, key: K) -> bool:  # type: ignore[override]
         """Whether ``key`` is held; does not change recency."""
         with self._lock:
             return key in self._entries
@@ -69,14 +73,14 @@ class MemoryTier(Generic[K]):
         with self._lock:
             return list(self._entries)
 
-    def get(self, key: K) -> BlockKV | None:
+    def get(self, key: K) -> BlockKV | None:  # type: ignore[override]
         with self._lock:
             kv = self._entries.get(key)
             if kv is not None:
                 self._entries.move_to_end(key)
             return kv
 
-    def put(self, key: K, kv: BlockKV) -> bool:
+    def put(self, key: K, kv: BlockKV) -> bool:  # type: ignore[override]
         """Insert or replace ``key``; return whether it is now stored (False when larger than the budget)."""
         size = kv.nbytes
         with self._lock:
@@ -92,7 +96,15 @@ class MemoryTier(Generic[K]):
         with self._lock:
             return sum(self._pop(key) for key in list(keys))
 
-    def delete(self, pred: Callable[[K], bool]) -> int:
+    def delete(self, key: K) -> bool:  # type: ignore[override]
+        with self._lock:
+            return self._pop(key)
+
+    def delete_doc(self, doc_id: str) -> int:
+        """Remove every entry whose key has this ``doc_id`` (keys without one are kept)."""
+        return self.delete_where(lambda k: getattr(k, "doc_id", None) == doc_id)
+
+    def delete_where(self, pred: Callable[[K], bool]) -> int:
         """Remove every entry whose key satisfies ``pred``; return how many were removed."""
         with self._lock:
             doomed = [key for key in self._entries if pred(key)]
@@ -104,6 +116,10 @@ class MemoryTier(Generic[K]):
             self._entries.clear()
             self._nbytes = 0
             return count
+
+    def stats(self) -> TierStats:
+        with self._lock:
+            return TierStats(self.name, len(self._entries), self._nbytes, evictions=self._evictions)
 
     def _pop(self, key: K) -> bool:
         kv = self._entries.pop(key, None)

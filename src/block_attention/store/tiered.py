@@ -1,26 +1,35 @@
-"""The two-tier KV store: an in-memory LRU tier in front of a size-bounded disk tier (write-through).
+"""The KV store: an ordered list of tiers (fastest first) behind one lookup, with optional write-behind.
 
 Contract:
 
-* ``get(key)`` looks in memory, then on disk. A disk hit is validated (a corrupt entry is dropped, logged and
-  reported as a miss), promoted to the memory tier and counted as a disk hit; the next ``get`` is a memory hit.
-* ``put(key, kv)`` stores ``kv`` *as given* in memory (moved to ``memory_device`` when one is configured) and
-  writes a CPU copy through to disk. The store keeps a reference to the tensors it is handed: the caller (the
-  engine) must hand over fresh tensors and never write into them afterwards.
-* Every returned :class:`~block_attention.kv.BlockKV` is shared with the store and read-only: consumers copy, never
-  write in place.
+* ``lookup(key)`` walks the tiers in order and returns a :class:`Hit` naming the tier that held the entry, or
+  ``None`` (counted as a miss). A hit in a lower tier is promoted into every tier above it, so the next lookup
+  is served by the first tier. ``get(key)`` is ``lookup(key).kv``. There is no contains-then-get: one call, one
+  answer.
+* ``put(key, kv)`` stores ``kv`` *as given* in the first tier when it is the memory tier (moved to
+  ``memory_device`` when one is configured) and writes it to every lower tier: synchronously (write-through, the
+  default) or, with ``StoreConfig(write_behind=True)``, on one background thread fed by a bounded queue (a full
+  queue makes the caller write synchronously; ``flush()`` and ``close()`` wait for every queued write). The store
+  keeps a reference to the tensors it is handed: the caller must hand over fresh tensors and never write into
+  them afterwards.
+* Every returned :class:`~block_attention.kv.BlockKV` is shared with the store and read-only: consumers copy,
+  never write in place.
 * Cache problems are never errors: I/O failures and corrupt entries become misses (and warnings). Only an
   unusable disk directory (:class:`~block_attention.errors.StoreError` at construction) or use after
   :meth:`KVStore.close` raise.
+* Tiers follow :class:`~block_attention.store.tier.KVTier`; a new backend is one class.
 * All methods are thread-safe.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any
 
 import torch
 
@@ -30,151 +39,255 @@ from block_attention.store.config import StoreConfig
 from block_attention.store.disk import DiskTier
 from block_attention.store.keys import CacheKey
 from block_attention.store.memory import MemoryTier
+from block_attention.store.tier import KVTier, TierStats
 
-Tier = Literal["memory", "disk"]
+logger = logging.getLogger("block_attention.store")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A lookup that found its entry: the KV (shared, read-only) and the name of the tier that held it."""
+
+    kv: BlockKV
+    tier: str
 
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Counters since construction (or the last ``reset_stats``) and current tier sizes.
+    """Counters since construction (or the last ``reset_stats``) and the current state of every tier.
 
-    ``evictions`` counts memory-tier LRU evictions; ``disk_bytes`` is diskcache's ``volume()`` estimate.
+    ``hits_by_tier`` maps tier name to hits served by that tier; ``tiers`` holds each tier's own stats, fastest
+    first. The named properties (``memory_hits``, ``disk_bytes``, ...) read those for the standard tiers.
     """
 
-    memory_hits: int
-    disk_hits: int
+    hits_by_tier: Mapping[str, int]
     misses: int
     puts: int
-    evictions: int
-    corrupt_dropped: int
-    memory_bytes: int
-    memory_entries: int
-    disk_bytes: int
-    disk_entries: int
+    tiers: tuple[TierStats, ...]
+    pending_writes: int = 0
+
+    def tier(self, name: str) -> TierStats | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+    def _size(self, name: str, attr: str) -> int:
+        t = self.tier(name)
+        return int(getattr(t, attr)) if t is not None else 0
 
     @property
     def hits(self) -> int:
-        return self.memory_hits + self.disk_hits
+        return sum(self.hits_by_tier.values())
+
+    @property
+    def memory_hits(self) -> int:
+        return self.hits_by_tier.get("memory", 0)
+
+    @property
+    def disk_hits(self) -> int:
+        return self.hits_by_tier.get("disk", 0)
+
+    @property
+    def remote_hits(self) -> int:
+        return self.hits_by_tier.get("remote", 0)
+
+    @property
+    def evictions(self) -> int:
+        """Memory-tier LRU evictions."""
+        return self._size("memory", "evictions")
+
+    @property
+    def corrupt_dropped(self) -> int:
+        return sum(t.corrupt_dropped for t in self.tiers)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._size("memory", "nbytes")
+
+    @property
+    def memory_entries(self) -> int:
+        return self._size("memory", "entries")
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._size("disk", "nbytes")
+
+    @property
+    def disk_entries(self) -> int:
+        return self._size("disk", "entries")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hits": self.hits, "misses": self.misses, "puts": self.puts, "pending_writes": self.pending_writes,
+            "hits_by_tier": dict(self.hits_by_tier),
+            "tiers": {t.name: {"entries": t.entries, "bytes": t.nbytes, "evictions": t.evictions,
+                               "corrupt_dropped": t.corrupt_dropped, "errors": t.errors} for t in self.tiers},
+        }
+
+
+def tiers_from_config(config: StoreConfig) -> list[KVTier]:
+    """The standard tiers a :class:`StoreConfig` asks for, fastest first: memory, then disk."""
+    tiers: list[KVTier] = []
+    if config.memory_enabled:
+        tiers.append(MemoryTier(config.memory_bytes))
+    if config.disk_dir is not None:
+        tiers.append(DiskTier(config.disk_dir, config.disk_bytes))
+    return tiers
 
 
 class KVStore:
-    """Memory LRU tier + disk tier of block KV, keyed by :class:`CacheKey`."""
+    """Block KV keyed by :class:`CacheKey`, kept in an ordered list of tiers (see the module docstring).
 
-    def __init__(self, config: StoreConfig) -> None:
+    ``KVStore(config)`` builds the tiers a :class:`StoreConfig` describes; ``KVStore(config, tiers=[...])`` uses
+    the given tiers instead (fastest first; names must be unique).
+    """
+
+    def __init__(self, config: StoreConfig | None = None, *, tiers: Sequence[KVTier] | None = None) -> None:
+        if config is None:
+            config = StoreConfig()
         if not isinstance(config, StoreConfig):
             raise StoreError(f"KVStore needs a StoreConfig, got {type(config).__name__}; pass StoreConfig(...).")
         self._config = config
-        self._memory: MemoryTier[CacheKey] | None = MemoryTier(config.memory_bytes) if config.memory_enabled else None
-        self._disk: DiskTier | None = None
-        if config.disk_dir is not None:
-            self._disk = DiskTier(config.disk_dir, config.disk_bytes)
+        self._tiers: tuple[KVTier, ...] = tuple(tiers) if tiers is not None else tuple(tiers_from_config(config))
+        names = [t.name for t in self._tiers]
+        if len(set(names)) != len(names):
+            raise StoreError(f"KVStore tiers need unique names, got {names}; give each tier its own `name`.")
         self._lock = threading.RLock()
         self._closed = False
-        self._memory_hits = self._disk_hits = self._misses = self._puts = 0
+        self._hits: dict[str, int] = {}
+        self._misses = self._puts = 0
+        self._writer = _WriteBehind(config.write_queue) if config.write_behind and self._lower_tiers() else None
 
     @property
     def config(self) -> StoreConfig:
         return self._config
 
+    @property
+    def tiers(self) -> tuple[KVTier, ...]:
+        return self._tiers
+
+    def tier(self, name: str) -> KVTier | None:
+        return next((t for t in self._tiers if t.name == name), None)
+
+    def _lower_tiers(self) -> tuple[KVTier, ...]:
+        """Tiers written as serialized copies (everything but a leading memory tier)."""
+        return self._tiers[1:] if self._tiers and isinstance(self._tiers[0], MemoryTier) else self._tiers
+
     # -- lookups -------------------------------------------------------------------------------------------------
+
+    def lookup(self, key: CacheKey, device: torch.device | str | None = None) -> Hit | None:
+        """The entry for ``key`` and the tier that held it (promoted upwards), on ``device`` when given."""
+        self._check_open()
+        for level, tier in enumerate(self._tiers):
+            kv = tier.get(key)
+            if kv is None and self._writer is not None and tier is not self._tiers[0]:
+                kv = self._writer.pending(key)
+            if kv is None:
+                continue
+            with self._lock:
+                self._hits[tier.name] = self._hits.get(tier.name, 0) + 1
+            if level:
+                kv = self._promote(key, kv, self._tiers[:level], device)
+            return Hit(_on(kv, device), tier.name)
+        with self._lock:
+            self._misses += 1
+        return None
 
     def get(self, key: CacheKey, device: torch.device | str | None = None) -> BlockKV | None:
         """Cached KV for ``key`` (shared, read-only), on ``device`` when given; None on a miss."""
-        self._check_open()
-        kv = self._memory.get(key) if self._memory is not None else None
-        if kv is not None:
-            with self._lock:
-                self._memory_hits += 1
-            return _on(kv, device)
-        with self._lock:
-            kv = self._disk.load(key) if self._disk is not None else None
-            if kv is None:
-                self._misses += 1
-                return None
-            self._disk_hits += 1
-            kv = _on(kv, self._config.memory_device or device)
-            if self._memory is not None:
-                self._memory.put(key, kv)
-        return _on(kv, device)
+        hit = self.lookup(key, device)
+        return hit.kv if hit is not None else None
 
-    def contains(self, key: CacheKey) -> Tier | None:
-        """Which tier holds ``key`` ("memory" first), without touching stats or recency."""
+    def contains(self, key: CacheKey) -> str | None:
+        """Name of the first tier that holds ``key``, without touching stats or recency (for inspection)."""
         self._check_open()
-        if self._memory is not None and self._memory.contains(key):
-            return "memory"
-        if self._disk is not None and self._disk.contains(key):
-            return "disk"
+        for tier in self._tiers:
+            if tier.contains(key):
+                return tier.name
+        if self._writer is not None and self._writer.pending(key) is not None:
+            lower = self._lower_tiers()
+            return lower[0].name if lower else None
         return None
+
+    def _promote(self, key: CacheKey, kv: BlockKV, above: Sequence[KVTier],
+                 device: torch.device | str | None) -> BlockKV:
+        """Write a lower-tier hit into the tiers ``above`` it; return the copy to hand out."""
+        for tier in above:
+            if isinstance(tier, MemoryTier):
+                kv = _on(kv, self._config.memory_device or device)
+                tier.put(key, kv)
+            else:
+                self._write(tier, key, kv)
+        return kv
 
     # -- mutations -----------------------------------------------------------------------------------------------
 
     def put(self, key: CacheKey, kv: BlockKV) -> None:
-        """Store ``kv`` for ``key`` in memory (as given) and write it through to disk (as CPU tensors)."""
+        """Store ``kv`` for ``key`` in memory (as given) and write it to every lower tier."""
         self._check_open()
         with self._lock:
             self._puts += 1
-            if self._memory is not None:
-                self._memory.put(key, _on(kv, self._config.memory_device))
-            if self._disk is not None:
-                self._disk.save(key, kv)
+        for tier in self._tiers:
+            if isinstance(tier, MemoryTier):
+                tier.put(key, _on(kv, self._config.memory_device))
+            else:
+                self._write(tier, key, kv)
+
+    def _write(self, tier: KVTier, key: CacheKey, kv: BlockKV) -> None:
+        if self._writer is not None:
+            self._writer.submit(tier, key, kv)
+        else:
+            _safe_put(tier, key, kv)
+
+    def flush(self) -> None:
+        """Wait until every queued write-behind write has reached its tier (no-op for write-through)."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def delete_doc(self, doc_id: str) -> int:
-        """Remove ``doc_id`` from both tiers (every fingerprint); return entries removed, summed over tiers."""
+        """Remove ``doc_id`` from every tier (every fingerprint); return entries removed, summed over tiers."""
         self._check_open()
-        with self._lock:
-            removed = self._memory.delete(lambda k: k.doc_id == doc_id) if self._memory is not None else 0
-            if self._disk is not None:
-                removed += self._disk.delete_doc(doc_id)
-            return removed
+        self.flush()
+        return sum(tier.delete_doc(doc_id) for tier in self._tiers)
 
     def clear(self) -> None:
-        """Remove every entry from both tiers (stats counters are kept)."""
+        """Remove every entry from every tier (stats counters are kept)."""
         self._check_open()
-        with self._lock:
-            if self._memory is not None:
-                self._memory.clear()
-            if self._disk is not None:
-                self._disk.clear()
+        self.flush()
+        for tier in self._tiers:
+            tier.clear()
 
     # -- stats ---------------------------------------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
         self._check_open()
+        tiers = tuple(tier.stats() for tier in self._tiers)
         with self._lock:
-            memory, disk = self._memory, self._disk
-            return StoreStats(
-                memory_hits=self._memory_hits,
-                disk_hits=self._disk_hits,
-                misses=self._misses,
-                puts=self._puts,
-                evictions=memory.evictions if memory is not None else 0,
-                corrupt_dropped=disk.corrupt_dropped if disk is not None else 0,
-                memory_bytes=memory.nbytes if memory is not None else 0,
-                memory_entries=len(memory) if memory is not None else 0,
-                disk_bytes=disk.volume() if disk is not None else 0,
-                disk_entries=len(disk) if disk is not None else 0,
-            )
+            return StoreStats(MappingProxyType(dict(self._hits)), self._misses, self._puts, tiers,
+                              self._writer.queued if self._writer is not None else 0)
 
     def reset_stats(self) -> None:
         with self._lock:
-            self._memory_hits = self._disk_hits = self._misses = self._puts = 0
-            if self._memory is not None:
-                self._memory.reset_counters()
-            if self._disk is not None:
-                self._disk.reset_counters()
+            self._hits.clear()
+            self._misses = self._puts = 0
+        for tier in self._tiers:
+            tier.reset_counters()
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the disk tier and drop the memory tier; idempotent."""
+        """Finish queued writes, then release every tier; idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._memory is not None:
-                self._memory.clear()
-            if self._disk is not None:
-                self._disk.close()
+        if self._writer is not None:
+            self._writer.close()
+        for tier in self._tiers:
+            try:
+                if isinstance(tier, MemoryTier):
+                    tier.clear()
+                tier.close()
+            except Exception as exc:  # a tier that fails to close must not keep the others open
+                logger.warning("Closing KV tier %r failed (%r).", tier.name, exc)
 
     def __enter__(self) -> "KVStore":
         return self
@@ -187,6 +300,76 @@ class KVStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("This KVStore is closed; create a new KVStore to keep using the cache.")
+
+
+def _safe_put(tier: KVTier, key: CacheKey, kv: BlockKV) -> bool:
+    """``tier.put`` that turns an unexpected exception into a logged skipped write (cache faults are not errors)."""
+    try:
+        return tier.put(key, kv)
+    except Exception as exc:
+        logger.warning("KV %s tier write of %s failed (%r); skipping it.", tier.name, key.as_str(), exc)
+        return False
+
+
+@dataclass
+class _WriteBehind:
+    """One background thread writing queued entries to lower tiers; a full queue writes in the caller."""
+
+    maxsize: int
+    _queue: "queue.Queue[tuple[KVTier, CacheKey, BlockKV] | None]" = field(init=False)
+    _pending: dict[CacheKey, list[BlockKV]] = field(init=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._queue = queue.Queue(self.maxsize)
+        self._thread = threading.Thread(target=self._run, name="block-attention-kv-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def pending(self, key: CacheKey) -> BlockKV | None:
+        with self._lock:
+            items = self._pending.get(key)
+            return items[-1] if items else None
+
+    def submit(self, tier: KVTier, key: CacheKey, kv: BlockKV) -> None:
+        with self._lock:
+            self._pending.setdefault(key, []).append(kv)
+        try:
+            self._queue.put_nowait((tier, key, kv))
+        except queue.Full:  # back-pressure: the caller pays for this write
+            self._done(tier, key, kv)
+
+    def _done(self, tier: KVTier, key: CacheKey, kv: BlockKV) -> None:
+        _safe_put(tier, key, kv)
+        with self._lock:
+            items = self._pending.get(key)
+            if items:
+                index = next((i for i, item in enumerate(items) if item is kv), None)
+                if index is not None:
+                    items.pop(index)
+                if not items:
+                    del self._pending[key]
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._done(*item)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
 
 
 def _on(kv: BlockKV, device: torch.device | str | None) -> BlockKV:
