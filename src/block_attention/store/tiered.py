@@ -178,7 +178,7 @@ class KVStore:
         self._check_open()
         for level, tier in enumerate(self._tiers):
             kv = tier.get(key)
-            if kv is None and self._writer is not None and tier is not self._tiers[0]:
+            if kv is None and self._writer is not None and not isinstance(tier, MemoryTier):
                 kv = self._writer.pending(key)
             if kv is None:
                 continue
