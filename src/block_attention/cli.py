@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
     if getattr(args, "no_disk_cache", False):
@@ -71,11 +69,6 @@ def _ask_once(pipe: Any, question: str, args: argparse.Namespace, history: Seque
     return answer
 
 
-def _report_line(report: Any) -> str:
-    return (f"{report.documents} documents -> {report.passages} passages ({len(report.added)} added, "
-            f"{len(report.removed)} removed, {report.unchanged} unchanged)")
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .retrieval import Retriever
 
@@ -86,7 +79,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         retriever = Retriever.create(index, index_kind=args.index_kind, chunk_tokens=args.chunk_tokens,
                                      overlap_tokens=args.overlap, embedder=args.embedder)
     report = retriever.ingest(args.dir, show_progress=not args.quiet)
-    print(f"ingested {args.dir} into {index}: {_report_line(report)}")
+    print(f"ingested {args.dir} into {index}: {report.summary()}")
     if args.warm:
         from .pipeline import RAGPipeline
 
@@ -220,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import BlockAttentionError
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the CLI forks no tokenizer workers
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -97,6 +97,19 @@ class RAGPipeline:
         self.engine = engine
         self.config = config or PipelineConfig()
 
+    def close(self) -> None:
+        """Close the engine (and the KV store it built) and the retriever."""
+        self.engine.close()
+        close = getattr(self.retriever, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "RAGPipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def retrieve(self, question: str, top_k: int | None = None) -> list[Any]:
         k = self.config.top_k if top_k is None else top_k
         return list(self.retriever.search(question, top_k=k)) if k > 0 else []

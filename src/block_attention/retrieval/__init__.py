@@ -26,7 +26,7 @@ from .chunking import (
     token_counter_from_tokenizer,
 )
 from .corpus import SUPPORTED_EXTENSIONS, Document, list_sources, load_corpus, load_file
-from .demo import DemoQuestion, demo_corpus_dir, demo_questions
+from ..packaged import DemoQuestion, demo_corpus_dir, demo_questions
 from .embedder import (
     DEFAULT_MODEL,
     Embedder,

@@ -79,6 +79,11 @@ class IngestReport:
     def changed(self) -> bool:
         return bool(self.added or self.removed)
 
+    def summary(self) -> str:
+        """One line for people: ``N documents -> M passages (a added, r removed, u unchanged)``."""
+        return (f"{self.documents} documents -> {self.passages} passages ({len(self.added)} added, "
+                f"{len(self.removed)} removed, {self.unchanged} unchanged)")
+
 
 class Retriever:
     """A persistent local passage index (see the module docstring). Build with ``create``/``load``/``open``."""
