@@ -1,21 +1,30 @@
-"""The miniature reproduction runs end to end in --quick mode (CI), through the engine, and packages a servable model."""
+"""The miniature reproduction (scripts/reproduce_finetune.py) runs end to end in --quick mode (CI), through the
+engine, and saves a checkpoint the engine serves with the recorded prompt format."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from block_attention.engine import BlockAttentionEngine
-from block_attention.finetune.reproduce import ReproConfig, ReproResult, Row, main, verdict
 from block_attention.finetune.synthetic import make_corpus, task_prompt_config
+
+_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_finetune.py"
+_spec = importlib.util.spec_from_file_location("reproduce_finetune", _SCRIPT)
+repro = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+sys.modules["reproduce_finetune"] = repro
+_spec.loader.exec_module(repro)  # type: ignore[union-attr]
+ReproConfig, ReproResult, Row, main, verdict = repro.ReproConfig, repro.ReproResult, repro.Row, repro.main, repro.verdict
 
 
 def test_quick_reproduction_end_to_end(tmp_path, capsys):
     start = time.perf_counter()
-    rc = main(["--quick", "--save", str(tmp_path / "ckpt"), "--package", str(tmp_path / "data"),
-               "--write-docs", str(tmp_path / "results.md")])
+    rc = main(["--quick", "--save", str(tmp_path / "ckpt"), "--write-docs", str(tmp_path / "results.md")])
     elapsed = time.perf_counter() - start
     assert rc == 0
     out = capsys.readouterr().out
@@ -27,17 +36,12 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     report = (tmp_path / "results.md").read_text()
     assert "| 3 | block fine-tuned (mixed) | block |" in report and "Verdict:" in report
     assert elapsed < 60, f"--quick took {elapsed:.1f} s; CI needs < 60 s"
-    # the packaged material is what `block-attention demo` serves
-    engine = BlockAttentionEngine.from_pretrained(str(tmp_path / "data" / "tiny_block_ft"), dtype=torch.float32,
-                                                  store=False)
+    # the saved checkpoint is servable by the engine with the prompt format it was trained with
+    engine = BlockAttentionEngine.from_pretrained(str(tmp_path / "ckpt"), dtype=torch.float32, store=False)
     assert engine.prompt_config == task_prompt_config()
     assert engine.model.config.block_attention["trained_with"] == "mixed"
-    corpus = [json.loads(line) for line in (tmp_path / "data" / "synthetic_corpus" / "corpus.jsonl").read_text()
-              .splitlines()]
-    assert corpus == [{"id": c["id"], "text": c["text"]} for c in make_corpus(len(corpus), seed=0)]
-    questions = json.loads((tmp_path / "data" / "synthetic_questions.json").read_text())
-    by_id = {c["id"]: c["text"] for c in corpus}
-    assert questions and all(q["answer"] in by_id[q["source"]] for q in questions)
+    corpus = [json.loads(line) for line in (tmp_path / "ckpt" / "synthetic_corpus.jsonl").read_text().splitlines()]
+    assert corpus == make_corpus(len(corpus), seed=0)
 
 
 def _result(em: dict[str, float]) -> ReproResult:

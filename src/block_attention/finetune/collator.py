@@ -106,7 +106,8 @@ class EncodedExample:
         return block_causal_mask(lengths, self.global_len if lengths else len(self.input_ids))
 
 
-def _blocks_of(example: Mapping[str, Any], where: str) -> list[Block]:
+def example_blocks(example: Mapping[str, Any], where: str = "example") -> list[Block]:
+    """The blocks of a training/evaluation example (``{"blocks": [{"text", "title"?, "id"?} | str]}``)."""
     raw = example.get("blocks")
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
         raise TrainingDataError(f"{where}: 'blocks' must be a list of {{'text', 'title'?, 'id'?}} objects.")
@@ -170,7 +171,7 @@ class BlockCollator:
         for key in ("question", "answer"):
             if not isinstance(example.get(key), str) or not example[key].strip():
                 raise TrainingDataError(f"{where}: '{key}' must be a non-empty string.")
-        blocks = _blocks_of(example, where)
+        blocks = example_blocks(example, where)
         layout = self.builder.layout(blocks, example["question"], example.get("system"), example.get("history", ()))
         response = self.builder.tokenize(self.response_prefix + example["answer"]) + [self.eos_id]
         encoded = EncodedExample(layout, tuple(response), self._attention(example, where), self.config.label_scope)
