@@ -20,6 +20,7 @@ from .config import Mode
 from .kv import BlockKV
 from .layout import PromptLayout
 from .store.keys import CacheKey
+from .store.tier import HitsByTier
 
 @dataclass(frozen=True)
 class RequestPlan:
@@ -71,7 +72,7 @@ class Prefilled:
 
 
 @dataclass(frozen=True)
-class RequestStats:
+class RequestStats(HitsByTier):
     """What one request cost and what the cache gave it. Times in seconds, measured from the plan's start."""
 
     mode: str
@@ -90,22 +91,6 @@ class RequestStats:
     ttft_s: float = 0.0
     total_s: float = 0.0
     new_tokens: int = 0
-
-    @property
-    def hits(self) -> int:
-        return sum(self.hits_by_tier.values())
-
-    @property
-    def memory_hits(self) -> int:
-        return self.hits_by_tier.get("memory", 0)
-
-    @property
-    def disk_hits(self) -> int:
-        return self.hits_by_tier.get("disk", 0)
-
-    @property
-    def remote_hits(self) -> int:
-        return self.hits_by_tier.get("remote", 0)
 
     @classmethod
     def of(cls, plan: RequestPlan, lookup: Lookup | None = None, encoded: BlockKVs | None = None,

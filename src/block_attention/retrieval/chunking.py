@@ -26,6 +26,7 @@ from typing import Any
 from ..blocks import Block
 from ..errors import ConfigError, InvalidRequestError
 from .corpus import Document
+from ..checks import is_int
 
 TokenCounter = Callable[[str], int]
 
@@ -61,11 +62,11 @@ class ChunkingConfig:
     overlap_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.chunk_tokens) or self.chunk_tokens < 1:
+        if not is_int(self.chunk_tokens) or self.chunk_tokens < 1:
             raise ConfigError(
                 f"chunk_tokens must be a positive int, got {self.chunk_tokens!r}; passages of 100-300 tokens work well."
             )
-        if not _is_int(self.overlap_tokens) or not 0 <= self.overlap_tokens < self.chunk_tokens:
+        if not is_int(self.overlap_tokens) or not 0 <= self.overlap_tokens < self.chunk_tokens:
             raise ConfigError(
                 f"overlap_tokens must be an int in [0, chunk_tokens={self.chunk_tokens}), got {self.overlap_tokens!r}; "
                 "use 0 for no overlap."
@@ -283,9 +284,6 @@ def _is_abbreviation(sentence_so_far: str) -> bool:
     word = words[-1].lstrip("\"'“‘([")
     return (len(word) == 1 and word.isalpha()) or word.lower() in _ABBREVIATIONS or bool(_INITIALISM.fullmatch(word))
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 __all__ = [

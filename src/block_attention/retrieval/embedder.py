@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from .errors import EmbedderLoadError
+from ..checks import is_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,11 +119,11 @@ class EmbedderConfig:
             )
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise ConfigError(f"Embedder device must be a str like 'cpu' or 'cuda:0', or None; got {self.device!r}.")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"Embedder batch_size must be a positive int, got {self.batch_size!r}; try 32.")
         if not isinstance(self.local_files_only, bool):
             raise ConfigError(f"local_files_only must be a bool, got {self.local_files_only!r}.")
-        if self.max_seq_length is not None and (not _is_int(self.max_seq_length) or self.max_seq_length < 1):
+        if self.max_seq_length is not None and (not is_int(self.max_seq_length) or self.max_seq_length < 1):
             raise ConfigError(f"max_seq_length must be a positive int or None, got {self.max_seq_length!r}.")
         if self.cache_folder is not None and (not isinstance(self.cache_folder, str) or not self.cache_folder):
             raise ConfigError(f"cache_folder must be a non-empty str or None, got {self.cache_folder!r}.")
@@ -268,9 +269,6 @@ class Embedder:
             model.max_seq_length = config.max_seq_length
         return model
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 __all__ = [

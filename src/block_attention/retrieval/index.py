@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError
 from .errors import IndexFormatError
+from ..checks import is_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,9 +56,9 @@ class IndexConfig:
             raise ConfigError(f"Index kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}; use 'flat'.")
         for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe", "ivf_min_points_per_list"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"IndexConfig.{name} must be a positive int, got {value!r}.")
-        if self.ivf_nlist is not None and (not _is_int(self.ivf_nlist) or self.ivf_nlist < 1):
+        if self.ivf_nlist is not None and (not is_int(self.ivf_nlist) or self.ivf_nlist < 1):
             raise ConfigError(
                 f"IndexConfig.ivf_nlist must be a positive int or None (automatic), got {self.ivf_nlist!r}."
             )
@@ -83,7 +84,7 @@ class VectorIndex:
     """A Faiss index of normalised vectors under int64 ids (see the module docstring for the contract)."""
 
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
-        if not _is_int(dim) or dim < 1:
+        if not is_int(dim) or dim < 1:
             raise ConfigError(f"Index dimension must be a positive int, got {dim!r}.")
         self.dim = dim
         self.config = config or IndexConfig()
@@ -283,9 +284,6 @@ class VectorIndex:
         self._index = ivf
         self._apply_runtime_params()
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 __all__ = ["INDEX_KINDS", "IndexConfig", "IndexKind", "VectorIndex"]

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from block_attention.errors import ConfigError
+from block_attention.checks import is_int
 
 GiB = 1024**3
 MIN_DISK_BYTES = 1024**2  # below this the sqlite index alone would fill the budget
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class StoreConfig:
         _check_memory_device(self.memory_device)
         if not isinstance(self.write_behind, bool):
             raise ConfigError(f"StoreConfig.write_behind must be True or False, got {self.write_behind!r}; pass a bool.")
-        if not _is_int(self.write_queue) or self.write_queue < 1:
+        if not is_int(self.write_queue) or self.write_queue < 1:
             raise ConfigError(f"StoreConfig.write_queue must be a positive integer, got {self.write_queue!r}; pass "
                               "e.g. write_queue=256.")
 
@@ -64,7 +62,7 @@ class StoreConfig:
 
 
 def _check_memory_bytes(value: object) -> None:
-    if not _is_int(value) or value < 0:  # type: ignore[operator]
+    if not is_int(value) or value < 0:  # type: ignore[operator]
         raise ConfigError(
             f"StoreConfig.memory_bytes must be a non-negative integer number of bytes, got {value!r}; "
             "pass e.g. memory_bytes=2 * 1024**3, or 0 to disable the memory tier."
@@ -93,7 +91,7 @@ def _check_disk_dir(value: object) -> None:
 
 
 def _check_disk_bytes(value: object) -> None:
-    if not _is_int(value) or value < MIN_DISK_BYTES:  # type: ignore[operator]
+    if not is_int(value) or value < MIN_DISK_BYTES:  # type: ignore[operator]
         raise ConfigError(
             f"StoreConfig.disk_bytes must be an integer of at least {MIN_DISK_BYTES} bytes (1 MiB), got {value!r}; "
             "pass e.g. disk_bytes=20 * 1024**3."

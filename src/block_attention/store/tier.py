@@ -21,6 +21,7 @@ To add a backend (Valkey, S3, a shared file system), subclass :class:`KVTier`, g
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from block_attention.kv import BlockKV
@@ -37,6 +38,28 @@ class TierStats:
     evictions: int = 0
     corrupt_dropped: int = 0
     errors: int = 0
+
+
+class HitsByTier:
+    """Mixin for frozen records with a ``hits_by_tier`` mapping: named views of the standard tiers' hits."""
+
+    hits_by_tier: Mapping[str, int]
+
+    @property
+    def hits(self) -> int:
+        return sum(self.hits_by_tier.values())
+
+    @property
+    def memory_hits(self) -> int:
+        return self.hits_by_tier.get("memory", 0)
+
+    @property
+    def disk_hits(self) -> int:
+        return self.hits_by_tier.get("disk", 0)
+
+    @property
+    def remote_hits(self) -> int:
+        return self.hits_by_tier.get("remote", 0)
 
 
 class KVTier(ABC):

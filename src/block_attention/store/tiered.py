@@ -39,7 +39,7 @@ from block_attention.store.config import StoreConfig
 from block_attention.store.disk import DiskTier
 from block_attention.store.keys import CacheKey
 from block_attention.store.memory import MemoryTier
-from block_attention.store.tier import KVTier, TierStats
+from block_attention.store.tier import HitsByTier, KVTier, TierStats
 
 logger = logging.getLogger("block_attention.store")
 
@@ -53,7 +53,7 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class StoreStats:
+class StoreStats(HitsByTier):
     """Counters since construction (or the last ``reset_stats``) and the current state of every tier.
 
     ``hits_by_tier`` maps tier name to hits served by that tier; ``tiers`` holds each tier's own stats, fastest
@@ -72,22 +72,6 @@ class StoreStats:
     def _size(self, name: str, attr: str) -> int:
         t = self.tier(name)
         return int(getattr(t, attr)) if t is not None else 0
-
-    @property
-    def hits(self) -> int:
-        return sum(self.hits_by_tier.values())
-
-    @property
-    def memory_hits(self) -> int:
-        return self.hits_by_tier.get("memory", 0)
-
-    @property
-    def disk_hits(self) -> int:
-        return self.hits_by_tier.get("disk", 0)
-
-    @property
-    def remote_hits(self) -> int:
-        return self.hits_by_tier.get("remote", 0)
 
     @property
     def evictions(self) -> int:
