@@ -1,7 +1,9 @@
-"""Error hierarchy of the library.
+"""Error hierarchy of the library: the one home of every error it raises on purpose.
 
 Every error a user can trigger derives from :class:`BlockAttentionError` and carries a full sentence that
 names the fix. Cache problems are *not* errors: a broken or stale cache entry is dropped and recomputed.
+Invalid configuration values raise :class:`ConfigError`; malformed requests :class:`InvalidRequestError`;
+retrieval problems a :class:`RetrievalError`; training data problems :class:`TrainingDataError`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,52 @@ class ContextTooLongError(BlockAttentionError):
 
 class StoreError(BlockAttentionError):
     """The KV store was configured in a way that cannot work (e.g. an unwritable disk directory)."""
+
+
+class ModelLoadError(BlockAttentionError):
+    """The model could not be found or loaded."""
+
+
+class TrainingDataError(BlockAttentionError, ValueError):
+    """A training example or data file is malformed."""
+
+
+# -- retrieval --------------------------------------------------------------------------------------------------
+
+class RetrievalError(BlockAttentionError):
+    """Base class of every error raised on purpose by :mod:`block_attention.retrieval`."""
+
+
+class CorpusNotFoundError(RetrievalError, FileNotFoundError):
+    """The corpus path given to the loader does not exist."""
+
+
+class EmptyCorpusError(RetrievalError, ValueError):
+    """The corpus holds no document with text, so there is nothing to index."""
+
+
+class CorpusFormatError(RetrievalError, ValueError):
+    """A corpus file cannot be read: bad JSONL line, wrong field type, undecodable bytes, duplicate ids."""
+
+
+class IndexNotFoundError(RetrievalError, FileNotFoundError):
+    """No retrieval index exists at the given path."""
+
+
+class IndexExistsError(RetrievalError, FileExistsError):
+    """``Retriever.create`` was pointed at a folder that already holds an index."""
+
+
+class IndexFormatError(RetrievalError, ValueError):
+    """The index folder is damaged or was written by an incompatible version of the library."""
+
+
+class EmbedderMismatchError(RetrievalError, ValueError):
+    """The embedder differs from the one the index was built with (name or vector dimension)."""
+
+
+class EmbedderLoadError(RetrievalError, RuntimeError):
+    """The sentence-transformers model could not be loaded (missing files, offline without a local copy)."""
 
 
 class CorruptEntryError(Exception):

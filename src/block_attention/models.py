@@ -14,15 +14,11 @@ from typing import Any
 
 from .config import EngineConfig
 from .engine import BlockAttentionEngine
-from .errors import BlockAttentionError
+from .errors import BlockAttentionError, ModelLoadError
 from .store import StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
 BUILTIN_FINETUNED = "tiny-block-ft"
-
-
-class ModelLoadError(BlockAttentionError):
-    """The model could not be found or loaded."""
 
 
 def finetuned_checkpoint() -> Path | None:

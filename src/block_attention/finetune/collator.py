@@ -28,17 +28,13 @@ from typing import Any, Literal
 import torch
 
 from ..blocks import Block
-from ..errors import BlockAttentionError, ConfigError
+from ..errors import ConfigError, TrainingDataError
 from ..layout import PromptLayout, additive_mask, block_causal_mask
 from ..prompt import PromptBuilder, PromptConfig
 
 CollatorMode = Literal["block", "full", "mixed"]
 LabelScope = Literal["response", "final", "all"]
 IGNORE_INDEX = -100
-
-
-class TrainingDataError(BlockAttentionError, ValueError):
-    """A training example is malformed or does not fit the configured length."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .embedder import (
     default_model_path,
     is_text_embedder,
 )
-from .errors import (
+from ..errors import (
     CorpusFormatError,
     CorpusNotFoundError,
     EmbedderLoadError,

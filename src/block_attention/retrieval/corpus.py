@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidRequestError
-from .errors import CorpusFormatError, CorpusNotFoundError, EmptyCorpusError
+from ..errors import CorpusFormatError, CorpusNotFoundError, EmptyCorpusError
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".jsonl")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
-from .errors import EmbedderLoadError
+from ..errors import EmbedderLoadError
 from ..checks import is_int
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError
-from .errors import IndexFormatError
+from ..errors import IndexFormatError
 from ..checks import is_int
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .chunking import ChunkingConfig
-from .errors import IndexFormatError, IndexNotFoundError
+from ..errors import IndexFormatError, IndexNotFoundError
 from .index import IndexConfig
 
 FORMAT_NAME = "block_attention.retrieval"

@@ -37,7 +37,7 @@ from ..errors import ConfigError, InvalidRequestError
 from .chunking import ChunkingConfig, Passage, TokenCounter, chunk_document
 from .corpus import Document, check_unique_doc_ids, list_sources, load_corpus
 from .embedder import Embedder, TextEmbedder, is_text_embedder
-from .errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
+from ..errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
 from .index import IndexConfig, VectorIndex
 from .manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from .store import STORE_FILE, PassageStore

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .chunking import Passage
-from .errors import IndexFormatError
+from ..errors import IndexFormatError
 
 if TYPE_CHECKING:
     import numpy as np

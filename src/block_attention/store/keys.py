@@ -10,29 +10,34 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NewType
 
 FORMAT_VERSION = 1  # bump when the meaning of stored KV changes
 
+Fingerprint = NewType("Fingerprint", str)  # digest of everything but the tokens that shapes a block's KV
+TokenHash = NewType("TokenHash", str)  # digest of a block's exact token ids
 
-def token_hash(token_ids: Sequence[int]) -> str:
+
+def token_hash(token_ids: Sequence[int]) -> TokenHash:
     """Hash of the exact token ids of a block (its content, as the model sees it)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(",".join(str(int(t)) for t in token_ids).encode("ascii"))
-    return h.hexdigest()
+    return TokenHash(h.hexdigest())
 
 
-def fingerprint(parts: Mapping[str, Any]) -> str:
+def fingerprint(parts: Mapping[str, Any]) -> Fingerprint:
     """Stable digest of everything that determines a block's KV besides its tokens."""
     payload = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
+    return Fingerprint(hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest())
 
 
 @dataclass(frozen=True)
 class CacheKey:
-    fingerprint: str
+    """Where a block's KV is cached: model fingerprint + caller's doc id + hash of the block's exact tokens."""
+
+    fingerprint: Fingerprint
     doc_id: str
-    content_hash: str
+    content_hash: TokenHash
 
     def as_str(self) -> str:
         """Flat string form (the disk tier's key). ``doc_id`` goes last-but-one, JSON-quoted, so any id is safe."""
