@@ -36,7 +36,7 @@ from .fingerprint import model_fingerprint
 from .generation import TextTracker, TokenSelector
 from .kv import BlockKV
 from .layout import PromptLayout
-from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
+from .prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
 from .rope import inspect_model
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
@@ -352,12 +352,6 @@ class BlockAttentionEngine:
                 nbytes += kv.nbytes
         self.store.flush()
         return WarmReport(len(spans), len(spans) - len(todo), len(todo), sum(len(i) for i in todo.values()), nbytes)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id used to pad batches: the tokenizer's pad token, else its EOS, else 0."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad if pad is not None else 0)
 
 
 def _with_overrides(generation: GenerationConfig, overrides: dict[str, Any]) -> GenerationConfig:

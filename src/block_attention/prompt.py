@@ -96,6 +96,12 @@ def _check_history(history: Sequence[Message]) -> list[dict[str, str]]:
     return out
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used to pad batches: the tokenizer's pad token, else its EOS, else 0."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad if pad is not None else 0)
+
+
 class PromptBuilder:
     """Turns requests into token layouts for one tokenizer. Stateless apart from the tokenizer."""
 

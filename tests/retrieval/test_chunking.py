@@ -97,8 +97,8 @@ def test_passage_ids_are_stable_and_follow_content() -> None:
     assert [p.passage_id for p in first] == [p.passage_id for p in again]
     for i, p in enumerate(first):
         assert p.chunk_index == i
-        assert p.passage_id == f"notes/a.md#{i}:{p.content_hash[:12]}"
-        assert len(p.content_hash) == 64
+        assert p.passage_id == f"notes/a.md#{i}:{p.digest[:12]}"
+        assert len(p.digest) == 64
     edited_text = doc.text.replace("end11.", "end11 (edited).")
     edited = chunk_document(Document(doc.doc_id, doc.title, edited_text, doc.source), config)
     changed = [i for i, (a, b) in enumerate(zip(first, edited)) if a.passage_id != b.passage_id]

@@ -110,7 +110,7 @@ def test_reingest_changed_file_replaces_its_passages(tmp_path: Path, embedder: E
     assert len(report.added) == 1 and report.unchanged == 3
     new = retriever.get(report.added[0])
     assert new is not None and new.source == name
-    assert new.content_hash != old[name].content_hash and new.passage_id != old[name].passage_id
+    assert new.digest != old[name].digest and new.passage_id != old[name].passage_id
     assert old[name].passage_id not in retriever and len(retriever) == 4
     assert retriever.search("Which vegetable does Brindlemarsh celebrate now?", top_k=1)[0].passage_id == new.passage_id
     assert all(p.passage_id == old[p.source].passage_id for p in retriever.passages() if p.source != name)

@@ -30,7 +30,7 @@ import torch
 from ..blocks import Block
 from ..errors import ConfigError, TrainingDataError
 from ..layout import PromptLayout, additive_mask, block_causal_mask
-from ..prompt import PromptBuilder, PromptConfig
+from ..prompt import PromptBuilder, PromptConfig, pad_token_id
 
 CollatorMode = Literal["block", "full", "mixed"]
 LabelScope = Literal["response", "final", "all"]
@@ -138,8 +138,7 @@ class BlockCollator:
         if tokenizer.eos_token_id is None:
             raise ConfigError("The tokenizer has no EOS token; set tokenizer.eos_token so responses can end.")
         self.eos_id = int(tokenizer.eos_token_id)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad)
+        self.pad_id = pad_token_id(tokenizer)
         prefix = self.config.response_prefix
         self.response_prefix = prefix if prefix is not None else ("" if self.builder.chat else " ")
         self._rng = random.Random(self.config.seed)

@@ -20,7 +20,7 @@ from .chunking import (
     TokenCounter,
     chunk_document,
     chunk_text,
-    content_hash,
+    passage_digest,
     count_words,
     make_passage_id,
     token_counter_from_tokenizer,
@@ -47,13 +47,13 @@ from ..errors import (
     RetrievalError,
 )
 from .index import INDEX_KINDS, IndexConfig, VectorIndex
-from .manifest import FORMAT_VERSION, Manifest, read_manifest
+from .manifest import MANIFEST_VERSION, Manifest, read_manifest
 from .retriever import IngestReport, Retriever, ScoredPassage
-from .store import PassageStore
+from .passages import PassageStore
 
 __all__ = [
     "DEFAULT_MODEL",
-    "FORMAT_VERSION",
+    "MANIFEST_VERSION",
     "INDEX_KINDS",
     "SUPPORTED_EXTENSIONS",
     "ChunkingConfig",
@@ -82,7 +82,7 @@ __all__ = [
     "VectorIndex",
     "chunk_document",
     "chunk_text",
-    "content_hash",
+    "passage_digest",
     "count_words",
     "default_model_path",
     "demo_corpus_dir",

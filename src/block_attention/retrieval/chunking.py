@@ -10,7 +10,7 @@ Contract:
   it fits a passage; a Markdown heading line is glued to the paragraph that follows it.
 * With ``overlap_tokens > 0`` each passage starts with the trailing sentences (or, failing that, words) of the
   previous one, up to ``overlap_tokens`` tokens.
-* Each passage gets a stable id ``f"{doc_id}#{chunk_index}:{content_hash[:12]}"`` where ``content_hash`` is
+* Each passage gets a stable id ``f"{doc_id}#{chunk_index}:{digest[:12]}"`` where ``digest`` (:func:`passage_digest`) is
   the SHA-256 of the passage's title and text, so editing a passage's text (or the document title) changes
   its id while untouched passages keep theirs. For file documents the doc id is the file's relative path.
 """
@@ -83,7 +83,7 @@ class Passage:
     text: str
     source: str | None
     chunk_index: int
-    content_hash: str
+    digest: str  # passage_digest(title, text): sha256 of the passage content
 
     def __post_init__(self) -> None:
         if not isinstance(self.passage_id, str) or not self.passage_id:
@@ -107,12 +107,12 @@ class Passage:
                 "source": self.source,
                 "doc_id": self.doc_id,
                 "chunk_index": self.chunk_index,
-                "content_hash": self.content_hash,
+                "digest": self.digest,
             },
         )
 
 
-def content_hash(title: str, text: str) -> str:
+def passage_digest(title: str, text: str) -> str:
     """SHA-256 (hex) of a passage's title and text."""
     return hashlib.sha256(f"{title}\x00{text}".encode()).hexdigest()
 
@@ -128,7 +128,7 @@ def chunk_document(
     """Split ``document`` into passages (an empty list for a document without text)."""
     passages = []
     for index, text in enumerate(chunk_text(document.text, config, count_tokens)):
-        digest = content_hash(document.title, text)
+        digest = passage_digest(document.title, text)
         passages.append(
             Passage(
                 passage_id=make_passage_id(document.doc_id, index, digest),
@@ -137,7 +137,7 @@ def chunk_document(
                 text=text,
                 source=document.source,
                 chunk_index=index,
-                content_hash=digest,
+                digest=digest,
             )
         )
     return passages
@@ -292,7 +292,7 @@ __all__ = [
     "TokenCounter",
     "chunk_document",
     "chunk_text",
-    "content_hash",
+    "passage_digest",
     "count_words",
     "make_passage_id",
     "split_paragraphs",

@@ -20,7 +20,7 @@ from ..errors import IndexFormatError, IndexNotFoundError
 from .index import IndexConfig
 
 FORMAT_NAME = "block_attention.retrieval"
-FORMAT_VERSION = 1
+MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 TOKEN_COUNTERS: tuple[str, ...] = ("words", "custom")
 
@@ -36,7 +36,7 @@ class Manifest:
     token_counter: str = "words"
     effective_index_kind: str | None = None
     passages: int = 0
-    format_version: int = FORMAT_VERSION
+    format_version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
         if not isinstance(self.embedder_name, str) or not self.embedder_name:
@@ -66,9 +66,9 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise IndexFormatError(f"{where} is not a block_attention retrieval manifest; {fix}.")
         version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
             raise IndexFormatError(
-                f"{where} has format version {version!r} but this library reads versions up to {FORMAT_VERSION}; "
+                f"{where} has format version {version!r} but this library reads versions up to {MANIFEST_VERSION}; "
                 f"upgrade block_attention or {fix}."
             )
         try:
@@ -118,4 +118,4 @@ def read_manifest(folder: str | Path) -> Manifest:
     return Manifest.from_json(data, where=str(path))
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "Manifest", "manifest_path", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST_VERSION", "MANIFEST_FILE", "Manifest", "manifest_path", "read_manifest", "write_manifest"]

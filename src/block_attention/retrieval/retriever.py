@@ -40,7 +40,7 @@ from .embedder import Embedder, TextEmbedder, is_text_embedder
 from ..errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
 from .index import IndexConfig, VectorIndex
 from .manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
-from .store import STORE_FILE, PassageStore
+from .passages import STORE_FILE, PassageStore
 
 if TYPE_CHECKING:
     import numpy as np

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS passages (
     title TEXT NOT NULL,
     text TEXT NOT NULL,
     chunk_index INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
+    content_hash TEXT NOT NULL,  -- Passage.digest (column name kept for existing indexes)
     embedding BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS passages_doc_id ON passages(doc_id);
@@ -111,7 +111,7 @@ class PassageStore:
                 p.title,
                 p.text,
                 p.chunk_index,
-                p.content_hash,
+                p.digest,
                 np.ascontiguousarray(vector, dtype="<f4").tobytes(),
             )
             for row_id, p, vector in zip(row_ids, passages, vectors)
@@ -219,7 +219,7 @@ def _passage(row: Sequence[object]) -> Passage:
         text=str(text),
         source=None if source is None else str(source),
         chunk_index=int(chunk_index),  # type: ignore[call-overload]
-        content_hash=str(digest),
+        digest=str(digest),
     )
 
 
