@@ -11,6 +11,7 @@ a model that cannot be served exactly is refused at construction with :class:`Un
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +30,13 @@ from .generation import TextTracker, TokenSelector
 from .kv import BlockKV
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
+from .quality import is_block_finetuned, model_name, quality_warning
+from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
 from .rope import inspect_model
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
+
+logger = logging.getLogger("block_attention")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class RequestStats:
     ttft_s: float = 0.0
     total_s: float = 0.0
     new_tokens: int = 0
+    recomputed_tokens: int = 0  # context tokens recomputed by recovery (EngineConfig.recompute_tokens)
+    recompute_s: float = 0.0
 
     @property
     def hits(self) -> int:
@@ -136,6 +143,12 @@ class BlockAttentionEngine:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self._quality_warned = False
+
+    @property
+    def block_finetuned(self) -> bool:
+        """Whether the model was block-fine-tuned (recorded prompt config or a known checkpoint)."""
+        return is_block_finetuned(self.model)
 
     # -- construction helpers --------------------------------------------------------------------------------
     @classmethod
@@ -269,7 +282,7 @@ class BlockAttentionEngine:
     @torch.inference_mode()
     def _prefill(self, blocks: Sequence[Block | str], question: str, system: str | None,
                  history: Sequence[Message], mode: Mode | None, max_new_tokens: int,
-                 all_logits: bool) -> tuple[torch.Tensor, DynamicCache, PromptLayout, dict[str, Any]]:
+                 all_logits: bool, recompute_tokens: int | None = None) -> tuple[torch.Tensor, DynamicCache, PromptLayout, dict[str, Any]]:
         start = time.perf_counter()
         mode = check_mode(mode or self.config.mode)
         blocks = as_blocks(blocks)
@@ -285,6 +298,17 @@ class BlockAttentionEngine:
             t0 = time.perf_counter()
             cache = assemble_cache(kvs, [b.offset for b in layout.blocks], self.rotary, device)
             stats["assemble_s"] = time.perf_counter() - t0
+            # -- recovery hook (block_attention.recovery): recompute the first k tokens of every block ----------
+            k = check_recompute_tokens(self.config.recompute_tokens if recompute_tokens is None else recompute_tokens)
+            if k:
+                t0 = time.perf_counter()
+                cache = recompute_block_starts_(self.model, cache, layout, k)
+                stats["recomputed_tokens"] = recomputed_token_count(layout, k)
+                stats["recompute_s"] = time.perf_counter() - t0
+            elif not self._quality_warned and not self.block_finetuned:
+                self._quality_warned = True
+                logger.warning(quality_warning(model_name(self.model)))
+            # -- end of recovery hook ---------------------------------------------------------------------------
             ids, first = list(layout.final_ids), layout.context_len
         else:
             cache, ids, first = DynamicCache(), layout.input_ids(), 0
@@ -301,18 +325,20 @@ class BlockAttentionEngine:
 
     def prefill(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                 history: Sequence[Message] = (), mode: Mode | None = None,
-                all_logits: bool = False) -> PrefillOutput:
-        """Build the cache and run the final block; returns its logits (for scoring, oracles, custom decoding)."""
-        logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode, 0, all_logits)
+                all_logits: bool = False, recompute_tokens: int | None = None) -> PrefillOutput:
+        """Build the cache and run the final block; returns its logits (for scoring, oracles, custom decoding).
+        ``recompute_tokens`` overrides ``EngineConfig.recompute_tokens`` for this request (block mode only)."""
+        logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode, 0, all_logits,
+                                                     recompute_tokens)
         stats["ttft_s"] = stats["total_s"] = time.perf_counter() - stats.pop("_start")
         return PrefillOutput(logits, cache, layout, RequestStats(**stats))
 
     # -- generation ------------------------------------------------------------------------------------------
     def _run(self, blocks: Sequence[Block | str], question: str, system: str | None,
              history: Sequence[Message], mode: Mode | None,
-             generation: GenerationConfig) -> Iterator[str]:
+             generation: GenerationConfig, recompute_tokens: int | None = None) -> Iterator[str]:
         logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode,
-                                                     generation.max_new_tokens, False)
+                                                     generation.max_new_tokens, False, recompute_tokens)
         start = stats.pop("_start")
         select = TokenSelector(generation, self.device)
         tracker = TextTracker(self.tokenizer, generation.stop)
@@ -348,10 +374,11 @@ class BlockAttentionEngine:
 
     def generate(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                  history: Sequence[Message] = (), mode: Mode | None = None,
-                 generation: GenerationConfig | None = None, **overrides: Any) -> Generation:
+                 generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
+                 **overrides: Any) -> Generation:
         """Answer ``question`` over ``blocks``. ``overrides`` are GenerationConfig fields (e.g. max_new_tokens)."""
         stream = self.stream(blocks, question, system=system, history=history, mode=mode,
-                             generation=generation, **overrides)
+                             generation=generation, recompute_tokens=recompute_tokens, **overrides)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -359,10 +386,11 @@ class BlockAttentionEngine:
 
     def stream(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                history: Sequence[Message] = (), mode: Mode | None = None,
-               generation: GenerationConfig | None = None, **overrides: Any) -> TextStream:
+               generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
+               **overrides: Any) -> TextStream:
         """Like :meth:`generate` but yields text pieces as they are decoded; ``.result`` is set at the end."""
         generation = _with_overrides(generation or GenerationConfig(), overrides)
-        return TextStream(self._run(blocks, question, system, history, mode, generation))
+        return TextStream(self._run(blocks, question, system, history, mode, generation, recompute_tokens))
 
 
 def _with_overrides(generation: GenerationConfig, overrides: dict[str, Any]) -> GenerationConfig:
