@@ -1,4 +1,4 @@
-"""The ``block-attention`` command line: ingest, ask, chat, cache, demo.
+"""The ``block-attention`` command line: ingest, ask, chat, cache, demo, eval.
 
 User mistakes (missing index, unknown model, empty corpus, bad options) end with one ``error: ...`` line and exit
 status 2, never a traceback. The KV cache of an index lives in ``<index>/kv_cache`` unless ``--cache-dir`` is given.
@@ -158,6 +158,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, workdir=args.workdir, questions=args.questions, device=args.device)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.data import load_examples
+    from .evaluation.harness import EvalConfig, evaluate
+    from .evaluation.report import format_table, plot, write_json
+    from .models import load_engine
+
+    config = EvalConfig(modes=tuple(args.modes.split(",")), max_new_tokens=args.max_new_tokens,
+                        max_blocks=args.max_blocks)
+    examples = load_examples(args.data, limit=args.limit)
+    engine = load_engine(args.model, device=args.device)
+    result = evaluate(engine, examples, config, model_name=args.model, data_name=Path(args.data).name,
+                      progress=not args.quiet)
+    print(format_table(result))
+    out = Path(args.out)
+    json_path = write_json(result, out / "eval.json")
+    written = [str(json_path)]
+    if not args.no_plot:
+        written.append(str(plot(result, out / "eval.png")))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import default_model
 
@@ -214,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--questions", type=int, default=3)
     sp.add_argument("--device", default=None)
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("eval", help="answer quality of block vs full attention on a RAG data file")
+    sp.add_argument("--data", required=True, help="JSONL {question, answers, blocks} or JSON [{question, answers, ctxs}]")
+    sp.add_argument("--model", default=default_model(), help="tiny-random (offline default), a local dir or a HF id")
+    sp.add_argument("--modes", default="full,block", help="comma list of full, block, block-k<K> (recover K tokens)")
+    sp.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
+    sp.add_argument("--out", default="eval-results", help="directory for eval.json and eval.png")
+    sp.add_argument("--max-new-tokens", type=int, default=32)
+    sp.add_argument("--max-blocks", type=int, default=None, help="keep the first N passages of each question")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--no-plot", action="store_true")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_eval)
     return p
 
 
