@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="answer quality of block vs full attention on a RAG data file")
     sp.add_argument("--data", required=True, help="JSONL {question, answers, blocks} or JSON [{question, answers, ctxs}]")
     sp.add_argument("--model", default=default_model(), help="tiny-random (offline default), a local dir or a HF id")
-    sp.add_argument("--modes", default="full,block", help="comma list of full, block, block-k<K> (recover K tokens)")
+    sp.add_argument("--modes", default="full,block",
+                    help="comma list of full, block, block-k<K> (recompute K tokens per block), block-sink, block-sink-k<K>")
     sp.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
     sp.add_argument("--out", default="eval-results", help="directory for eval.json and eval.png")
     sp.add_argument("--max-new-tokens", type=int, default=32)

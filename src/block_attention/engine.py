@@ -32,6 +32,7 @@ from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
 from .quality import is_block_finetuned, model_name, quality_warning
 from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
+from .sink import Sink, check_sink, sink_block_kvs
 from .rope import inspect_model
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
@@ -282,7 +283,8 @@ class BlockAttentionEngine:
     @torch.inference_mode()
     def _prefill(self, blocks: Sequence[Block | str], question: str, system: str | None,
                  history: Sequence[Message], mode: Mode | None, max_new_tokens: int,
-                 all_logits: bool, recompute_tokens: int | None = None) -> tuple[torch.Tensor, DynamicCache, PromptLayout, dict[str, Any]]:
+                 all_logits: bool, recompute_tokens: int | None = None,
+                 sink: Sink | None = None) -> tuple[torch.Tensor, DynamicCache, PromptLayout, dict[str, Any]]:
         start = time.perf_counter()
         mode = check_mode(mode or self.config.mode)
         blocks = as_blocks(blocks)
@@ -294,9 +296,17 @@ class BlockAttentionEngine:
         device = self.device
         keep = 0 if all_logits else 1
         if mode == "block" and layout.blocks:
-            kvs = self._block_kvs(layout, stats)
+            # -- sink hook (block_attention.sink): blocks encoded behind the prefix block, rotated by offset - P ----
+            sink = check_sink(self.config.sink if sink is None else sink)
+            if sink == "prefix":
+                kvs, offsets = sink_block_kvs(self.model, layout, self.store, self.fingerprint,
+                                              lambda part: self._block_kvs(part, stats), pad_id=self.pad_id,
+                                              max_batch_tokens=self.config.max_batch_tokens, device=device,
+                                              stats=stats)
+            else:
+                kvs, offsets = self._block_kvs(layout, stats), [b.offset for b in layout.blocks]
             t0 = time.perf_counter()
-            cache = assemble_cache(kvs, [b.offset for b in layout.blocks], self.rotary, device)
+            cache = assemble_cache(kvs, offsets, self.rotary, device)
             stats["assemble_s"] = time.perf_counter() - t0
             # -- recovery hook (block_attention.recovery): recompute the first k tokens of every block ----------
             k = check_recompute_tokens(self.config.recompute_tokens if recompute_tokens is None else recompute_tokens)
@@ -305,7 +315,7 @@ class BlockAttentionEngine:
                 cache = recompute_block_starts_(self.model, cache, layout, k)
                 stats["recomputed_tokens"] = recomputed_token_count(layout, k)
                 stats["recompute_s"] = time.perf_counter() - t0
-            elif not self._quality_warned and not self.block_finetuned:
+            elif sink == "none" and not self._quality_warned and not self.block_finetuned:
                 self._quality_warned = True
                 logger.warning(quality_warning(model_name(self.model)))
             # -- end of recovery hook ---------------------------------------------------------------------------
@@ -325,20 +335,22 @@ class BlockAttentionEngine:
 
     def prefill(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                 history: Sequence[Message] = (), mode: Mode | None = None,
-                all_logits: bool = False, recompute_tokens: int | None = None) -> PrefillOutput:
+                all_logits: bool = False, recompute_tokens: int | None = None,
+                sink: Sink | None = None) -> PrefillOutput:
         """Build the cache and run the final block; returns its logits (for scoring, oracles, custom decoding).
-        ``recompute_tokens`` overrides ``EngineConfig.recompute_tokens`` for this request (block mode only)."""
+        ``recompute_tokens``/``sink`` override the EngineConfig fields for this request (block mode only)."""
         logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode, 0, all_logits,
-                                                     recompute_tokens)
+                                                     recompute_tokens, sink)
         stats["ttft_s"] = stats["total_s"] = time.perf_counter() - stats.pop("_start")
         return PrefillOutput(logits, cache, layout, RequestStats(**stats))
 
     # -- generation ------------------------------------------------------------------------------------------
     def _run(self, blocks: Sequence[Block | str], question: str, system: str | None,
              history: Sequence[Message], mode: Mode | None,
-             generation: GenerationConfig, recompute_tokens: int | None = None) -> Iterator[str]:
+             generation: GenerationConfig, recompute_tokens: int | None = None,
+             sink: Sink | None = None) -> Iterator[str]:
         logits, cache, layout, stats = self._prefill(blocks, question, system, history, mode,
-                                                     generation.max_new_tokens, False, recompute_tokens)
+                                                     generation.max_new_tokens, False, recompute_tokens, sink)
         start = stats.pop("_start")
         select = TokenSelector(generation, self.device)
         tracker = TextTracker(self.tokenizer, generation.stop)
@@ -375,10 +387,10 @@ class BlockAttentionEngine:
     def generate(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                  history: Sequence[Message] = (), mode: Mode | None = None,
                  generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
-                 **overrides: Any) -> Generation:
+                 sink: Sink | None = None, **overrides: Any) -> Generation:
         """Answer ``question`` over ``blocks``. ``overrides`` are GenerationConfig fields (e.g. max_new_tokens)."""
         stream = self.stream(blocks, question, system=system, history=history, mode=mode,
-                             generation=generation, recompute_tokens=recompute_tokens, **overrides)
+                             generation=generation, recompute_tokens=recompute_tokens, sink=sink, **overrides)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -387,10 +399,10 @@ class BlockAttentionEngine:
     def stream(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                history: Sequence[Message] = (), mode: Mode | None = None,
                generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
-               **overrides: Any) -> TextStream:
+               sink: Sink | None = None, **overrides: Any) -> TextStream:
         """Like :meth:`generate` but yields text pieces as they are decoded; ``.result`` is set at the end."""
         generation = _with_overrides(generation or GenerationConfig(), overrides)
-        return TextStream(self._run(blocks, question, system, history, mode, generation, recompute_tokens))
+        return TextStream(self._run(blocks, question, system, history, mode, generation, recompute_tokens, sink))
 
 
 def _with_overrides(generation: GenerationConfig, overrides: dict[str, Any]) -> GenerationConfig:

@@ -13,7 +13,7 @@ import pytest
 from block_attention.cli import main
 
 MUSIQUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "musique_s.json"
-MODES = ["full", "block", "block-k4"]
+MODES = ["full", "block", "block-k4", "block-sink"]
 TIMING_KEYS = {"ttft_s", "ttft_ms_mean", "ttft_ms_median"}
 
 
@@ -66,6 +66,7 @@ def test_eval_structure_limit_determinism_and_files(two_runs, capsys):
     assert first["summary"]["full"]["kl_to_full"] == 0.0 and first["summary"]["full"]["agree_with_full"] == 1.0
     assert first["summary"]["block"]["recomputed_tokens_mean"] == 0
     assert first["summary"]["block-k4"]["recomputed_tokens_mean"] == 4 * 2  # two passages after the prefix block
+    assert first["summary"]["block-sink"]["recomputed_tokens_mean"] == 0
     assert first["agreement"]["block"]["full"] == first["agreement"]["full"]["block"]
     ex = first["examples"][0]
     assert set(ex["scores"]) == set(MODES) and ex["question"] and ex["answers"]

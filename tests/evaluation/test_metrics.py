@@ -59,3 +59,15 @@ def test_token_nll_hand_computed():
 def test_agreement():
     assert agreement(["Paris", "the Rhine", "x"], ["paris.", "Rhine", "y"]) == pytest.approx(2 / 3)
     assert math.isnan(agreement([], []))
+
+
+def test_parse_modes():
+    from block_attention.errors import ConfigError
+    from block_attention.evaluation.harness import ModeSpec, parse_modes
+
+    assert parse_modes("full, block,block-k16,block-sink,block-sink-k4") == (
+        ModeSpec("full", "full"), ModeSpec("block", "block"), ModeSpec("block-k16", "block", 16),
+        ModeSpec("block-sink", "block", 0, "prefix"), ModeSpec("block-sink-k4", "block", 4, "prefix"))
+    for bad in ("full-k4", "full-sink", "block-k", "blocks", "", "block,block"):
+        with pytest.raises(ConfigError):
+            parse_modes(bad)

@@ -1,7 +1,8 @@
 """Run an engine over evaluation examples in several attention modes and score every answer.
 
-Modes are named ``full``, ``block`` or ``block-k<K>`` (block mode recovering the first ``K`` tokens of every
-block, see :mod:`block_attention.recovery`). Per example and mode the harness records the greedy answer, exact
+Modes are named ``full``, ``block``, ``block-k<K>`` (block mode recovering the first ``K`` tokens of every
+block, see :mod:`block_attention.recovery`), ``block-sink`` (every block encoded behind the prompt prefix, see
+:mod:`block_attention.sink`) or ``block-sink-k<K>`` (both). Per example and mode the harness records the greedy answer, exact
 match, token F1, answer-contained, the TTFT of that request (with the example's blocks already cached, i.e. the
 warm path a RAG service serves), the mean negative log-likelihood of the first gold answer's tokens under teacher
 forcing, and, when ``full`` is among the modes, the mean ``KL(mode || full)`` of the next-token distributions at
@@ -23,7 +24,7 @@ from ..errors import ConfigError
 from .data import EvalExample
 from .metrics import agreement, answer_contained, exact_match, kl_divergence, token_f1, token_nll
 
-_MODE = re.compile(r"^(full|block)(?:-k(\d+))?$")
+_MODE = re.compile(r"^(full|block)(-sink)?(?:-k(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ModeSpec:
     name: str
     mode: Mode
     recompute_tokens: int = 0
+    sink: str = "none"
 
 
 def parse_modes(spec: str | Sequence[str]) -> tuple[ModeSpec, ...]:
@@ -41,14 +43,16 @@ def parse_modes(spec: str | Sequence[str]) -> tuple[ModeSpec, ...]:
     out: list[ModeSpec] = []
     for name in names:
         match = _MODE.match(name)
-        if not match or (match.group(1) == "full" and match.group(2)):
+        if not match or (match.group(1) == "full" and (match.group(2) or match.group(3))):
             raise ConfigError(
-                f"Unknown evaluation mode {name!r}; use 'full', 'block' or 'block-k<K>' (block mode recomputing the "
-                "first K tokens of every block), e.g. --modes full,block,block-k16."
+                f"Unknown evaluation mode {name!r}; use 'full', 'block', 'block-k<K>' (block mode recomputing the "
+                "first K tokens of every block), 'block-sink' (blocks encoded behind the prompt prefix) or "
+                "'block-sink-k<K>', e.g. --modes full,block,block-k16,block-sink."
             )
         if name in {m.name for m in out}:
             raise ConfigError(f"Evaluation mode {name!r} is listed twice; list each mode once.")
-        out.append(ModeSpec(name, match.group(1), int(match.group(2) or 0)))  # type: ignore[arg-type]
+        out.append(ModeSpec(name, match.group(1), int(match.group(3) or 0),  # type: ignore[arg-type]
+                            "prefix" if match.group(2) else "none"))
     if not out:
         raise ConfigError("Give at least one evaluation mode, e.g. --modes full,block.")
     return tuple(out)
@@ -158,7 +162,7 @@ def teacher_forced_logits(engine: Any, example: EvalExample, spec: ModeSpec, con
     """Logits ``[len(continuation), V]`` predicting each token of ``continuation`` after the prompt: the last
     final-block row, then one forward of ``continuation[:-1]`` on the request's own cache."""
     out = engine.prefill(list(example.blocks), example.question, system=system, mode=spec.mode,
-                         recompute_tokens=spec.recompute_tokens)
+                         recompute_tokens=spec.recompute_tokens, sink=spec.sink)
     first = out.logits[-1:]  # [1, V]
     if len(continuation) < 2:
         return first
@@ -212,7 +216,8 @@ def _run_example(engine: Any, example: EvalExample, specs: Sequence[ModeSpec], c
     scores: dict[str, ModeScore] = {}
     for spec in specs:
         gen = engine.generate(blocks, example.question, system=config.system, mode=spec.mode,
-                              recompute_tokens=spec.recompute_tokens, max_new_tokens=config.max_new_tokens,
+                              recompute_tokens=spec.recompute_tokens, sink=spec.sink,
+                              max_new_tokens=config.max_new_tokens,
                               stop=config.stop)
         logits = full_logits if spec.mode == "full" and full_logits is not None else \
             teacher_forced_logits(engine, example, spec, gold, config.system)
