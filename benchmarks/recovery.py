@@ -3,7 +3,7 @@
 A tiny Llama is trained *from scratch with full attention only* (never block-fine-tuned) on the synthetic RAG task
 of ``block_attention.finetune.synthetic``, then evaluated through the engine with the evaluation harness in full
 mode, plain block mode (k = 0) and block mode recovering k = 1, 2, 4, ... tokens of every passage, up to the longest
-passage (= exactly full mode). For each k: mean KL(block_k || full) of the next-token distributions over the gold
+passage (= exactly full mode), each without and with the shared attention-sink prefix (``sink="prefix"``). For each k: mean KL(block_k || full) of the next-token distributions over the gold
 answer tokens, gold-answer NLL, exact match, agreement with full mode, recomputed tokens, and TTFT (blocks cached).
 
 Prints a table and one final JSON line; writes ``recovery.json`` and ``recovery.png`` to ``--out``. ``--quick``
@@ -81,6 +81,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> str | None:
     x = [max(k, 0.5) for k in ks]  # k = 0 drawn at 0.5 on the log axis
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(x, [max(r["kl_to_full"], 1e-9) for r in rows], "o-", label="KL(block_k || full)")
+    ax1.plot(x, [max(r["sink_kl_to_full"], 1e-9) for r in rows], "^--", label="with shared sink prefix")
+    ax1.legend(fontsize=8)
     ax1.set_xscale("log")
     ax1.set_yscale("log")
     ax1.set_xlabel("recomputed tokens per block k (0 drawn at 0.5)")
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                   for b in engine.layout(list(ex.blocks), ex.question).blocks)
     ks = sorted({0, *(int(k) for k in args.ks.split(",") if k.strip() and int(k) < longest), longest})
     modes = ["full"] + [f"block-k{k}" if k else "block" for k in ks]
-    config = EvalConfig(modes=tuple(modes), max_new_tokens=6, stop=("\n",), max_gold_tokens=16)
+    sink_modes = [f"block-sink-k{k}" if k else "block-sink" for k in ks]
+    config = EvalConfig(modes=tuple(modes + sink_modes), max_new_tokens=6, stop=("\n",), max_gold_tokens=16)
     t0 = time.perf_counter()
     result = evaluate(engine, examples, config, model_name="tiny Llama trained with full attention",
                       data_name="synthetic RAG task (held out)", progress=False)
@@ -138,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     full = summary["full"]
     context_tokens = sum(engine.layout(list(ex.blocks), ex.question).context_len for ex in examples) / len(examples)
     rows = []
-    for k, mode in zip(ks, modes[1:]):
+    for k, mode, sink_mode in zip(ks, modes[1:], sink_modes):
         s = summary[mode]
-        rows.append({"k": k, "mode": mode, "kl_to_full": s["kl_to_full"], "gold_nll": s["gold_nll"], "em": s["em"],
+        rows.append({"k": k, "mode": mode, "sink_kl_to_full": summary[sink_mode]["kl_to_full"],
+                     "sink_agree_with_full": summary[sink_mode]["agree_with_full"],
+                     "sink_ttft_ms_median": summary[sink_mode]["ttft_ms_median"], "kl_to_full": s["kl_to_full"], "gold_nll": s["gold_nll"], "em": s["em"],
                      "agree_with_full": s["agree_with_full"], "recomputed_tokens": s["recomputed_tokens_mean"],
                      "recomputed_share": s["recomputed_tokens_mean"] / context_tokens,
                      "ttft_ms_median": s["ttft_ms_median"], "full_ttft_ms_median": full["ttft_ms_median"]})
@@ -149,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
           f"attention; {len(examples)} held-out questions, {context_tokens:.0f} context tokens on average, longest "
           f"block {longest} tokens")
     print(f"full mode: EM {full['em']:.3f}, gold NLL {full['gold_nll']:.3f}, median TTFT {full['ttft_ms_median']:.1f} ms")
-    print(f"{'k':>4} {'KL(block_k||full)':>18} {'gold NLL':>9} {'EM':>6} {'agree':>6} {'recomputed':>11} {'TTFT ms':>8}")
+    print(f"{'k':>4} {'KL(block_k||full)':>18} {'gold NLL':>9} {'EM':>6} {'agree':>6} {'recomputed':>11} {'TTFT ms':>8}"
+          f" | {'KL with sink':>12} {'agree':>6} {'TTFT ms':>8}")
     for r in rows:
         print(f"{r['k']:>4} {r['kl_to_full']:>18.5g} {r['gold_nll']:>9.3f} {r['em']:>6.3f} {r['agree_with_full']:>6.3f} "
-              f"{r['recomputed_share'] * 100:>10.1f}% {r['ttft_ms_median']:>8.1f}")
+              f"{r['recomputed_share'] * 100:>10.1f}% {r['ttft_ms_median']:>8.1f} | {r['sink_kl_to_full']:>12.5g} "
+              f"{r['sink_agree_with_full']:>6.3f} {r['sink_ttft_ms_median']:>8.1f}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

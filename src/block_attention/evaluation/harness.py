@@ -207,8 +207,10 @@ def evaluate(engine: Any, examples: Sequence[EvalExample], config: EvalConfig | 
 
 def _run_example(engine: Any, example: EvalExample, specs: Sequence[ModeSpec], config: EvalConfig) -> ExampleResult:
     blocks = list(example.blocks)
-    if engine.store is not None:
-        engine.warm(blocks, system=config.system)  # TTFT is measured on the warm (cached-blocks) path
+    if engine.store is not None:  # TTFT is measured on the warm (cached-blocks) path
+        engine.warm(blocks, system=config.system)
+        for sink in sorted({s.sink for s in specs if s.mode == "block" and s.sink != "none"}):
+            engine.prefill(blocks, example.question, system=config.system, mode="block", sink=sink)
     gold = gold_token_ids(engine, example.answers[0], config.max_gold_tokens)
     full_logits = None
     if any(s.mode == "full" for s in specs):
