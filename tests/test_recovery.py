@@ -157,3 +157,28 @@ def test_block_finetuned_detection():
     assert is_block_finetuned(M())
     assert all(is_known_checkpoint(name) for name in KNOWN_BLOCK_FINETUNED)
     assert not is_known_checkpoint("someone/Tulu3-Block-FT-not")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_one_pass_equals_sequential(attn, tok, docs):
+    """The one-forward masked recovery computes what block-by-block recovery computes (and both reach full mode)."""
+    model = tiny_model("qwen2", seed=6, attn_implementation=attn)
+    engine = BlockAttentionEngine(model, tok, store=False)
+    layout = engine.layout(docs, QUESTION)
+    kvs = encode_blocks(model, [b.token_ids for b in layout.blocks], pad_id=engine.pad_id)
+    longest = max(len(b.token_ids) for b in layout.blocks)
+    for k in (3, longest):
+        one = recovered_cache(model, layout, kvs, engine.rotary, k, strategy="one_pass")
+        seq = recovered_cache(model, layout, kvs, engine.rotary, k, strategy="sequential")
+        for a, b in zip(one.layers, seq.layers):
+            assert (a.keys - b.keys).abs().max().item() <= 1e-5
+            assert (a.values - b.values).abs().max().item() <= 1e-5
+    ids = layout.input_ids()[:layout.context_len]
+    from transformers import DynamicCache
+    ref = DynamicCache()
+    model.model(input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids))[None], past_key_values=ref,
+                use_cache=True)
+    for a, b in zip(one.layers, ref.layers):  # k = longest: the whole context as one ordinary forward
+        assert (a.keys - b.keys).abs().max().item() <= 1e-4
+    with pytest.raises(ConfigError, match="strategy"):
+        recovered_cache(model, layout, kvs, engine.rotary, 2, strategy="fast")

@@ -159,17 +159,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EngineConfig
+    from .errors import ContextTooLongError
     from .evaluation.data import load_examples
     from .evaluation.harness import EvalConfig, evaluate
     from .evaluation.report import format_table, plot, write_json
     from .models import load_engine
+    from .prompt import PromptConfig
 
     config = EvalConfig(modes=tuple(args.modes.split(",")), max_new_tokens=args.max_new_tokens,
                         max_blocks=args.max_blocks)
     examples = load_examples(args.data, limit=args.limit)
-    engine = load_engine(args.model, device=args.device)
-    result = evaluate(engine, examples, config, model_name=args.model, data_name=Path(args.data).name,
-                      progress=not args.quiet)
+    prompt = None
+    if args.block_marker or args.docs_in:  # e.g. ldsjmdy/Tulu3-Block-FT: --block-marker "[Block-Attention]" --docs-in user
+        prompt = PromptConfig(block_marker=args.block_marker or None, docs_in=args.docs_in or "system")
+    engine = load_engine(args.model, device=args.device, config=EngineConfig(prompt=prompt))
+    try:
+        result = evaluate(engine, examples, config, model_name=args.model, data_name=Path(args.data).name,
+                          progress=not args.quiet)
+    except ContextTooLongError as exc:
+        raise ContextTooLongError(f"{exc} With `block-attention eval`, pass --max-blocks N to keep the first N "
+                                  "passages of every question.") from None
     print(format_table(result))
     out = Path(args.out)
     json_path = write_json(result, out / "eval.json")
@@ -246,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="eval-results", help="directory for eval.json and eval.png")
     sp.add_argument("--max-new-tokens", type=int, default=32)
     sp.add_argument("--max-blocks", type=int, default=None, help="keep the first N passages of each question")
+    sp.add_argument("--block-marker", default=None, help='prompt marker of the checkpoint, e.g. "[Block-Attention]"')
+    sp.add_argument("--docs-in", choices=["system", "user"], default=None, help="chat turn that holds the passages")
     sp.add_argument("--device", default=None)
     sp.add_argument("--no-plot", action="store_true")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
