@@ -46,6 +46,6 @@ def quality_warning(name: str) -> str:
         f"known checkpoint such as {sorted(KNOWN_BLOCK_FINETUNED)[0]}): expect a large loss of answer quality "
         "(published: Llama-3.2-1B exact match 0.06 in block mode vs 0.62 with full attention on 2WikiMultiHopQA; "
         "block-fine-tuned checkpoints lose 1-4 points). Remedies: block-fine-tune it with block_attention.finetune; "
-        "or recompute the first tokens of each block (EngineConfig(recompute_tokens=16) or recompute_tokens= per "
-        "request); or use mode='full'. Measure the cost on your data with `block-attention eval`."
+        "or a training-free recovery option (recompute the first tokens of each block: EngineConfig(recompute_tokens=16), "
+        "and/or a shared sink prefix: EngineConfig(sink='prefix'); both also per request); or use mode='full'. Measure the cost on your data with `block-attention eval`."
     )
