@@ -1,4 +1,4 @@
-"""The ``block-attention`` command line: ingest, ask, chat, cache, demo.
+"""The ``block-attention`` command line: ingest, ask, chat, cache, demo, eval.
 
 User mistakes (missing index, unknown model, empty corpus, bad options) end with one ``error: ...`` line and exit
 status 2, never a traceback. The KV cache of an index lives in ``<index>/kv_cache`` unless ``--cache-dir`` is given.
@@ -151,6 +151,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, workdir=args.workdir, questions=args.questions, device=args.device)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EngineConfig
+    from .errors import ContextTooLongError
+    from .evaluation.data import load_examples
+    from .evaluation.harness import EvalConfig, evaluate
+    from .evaluation.report import format_table, plot, write_json
+    from .models import load_engine
+    from .prompt import PromptConfig
+
+    config = EvalConfig(modes=tuple(args.modes.split(",")), max_new_tokens=args.max_new_tokens,
+                        max_blocks=args.max_blocks)
+    examples = load_examples(args.data, limit=args.limit)
+    prompt = None
+    if args.block_marker or args.docs_in:  # e.g. ldsjmdy/Tulu3-Block-FT: --block-marker "[Block-Attention]" --docs-in user
+        prompt = PromptConfig(block_marker=args.block_marker or None, docs_in=args.docs_in or "system")
+    engine = load_engine(args.model, device=args.device, config=EngineConfig(prompt=prompt))
+    try:
+        result = evaluate(engine, examples, config, model_name=args.model, data_name=Path(args.data).name,
+                          progress=not args.quiet)
+    except ContextTooLongError as exc:
+        raise ContextTooLongError(f"{exc} With `block-attention eval`, pass --max-blocks N to keep the first N "
+                                  "passages of every question.") from None
+    print(format_table(result))
+    out = Path(args.out)
+    json_path = write_json(result, out / "eval.json")
+    written = [str(json_path)]
+    if not args.no_plot:
+        written.append(str(plot(result, out / "eval.png")))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import default_model
 
@@ -207,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--questions", type=int, default=3)
     sp.add_argument("--device", default=None)
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("eval", help="answer quality of block vs full attention on a RAG data file")
+    sp.add_argument("--data", required=True, help="JSONL {question, answers, blocks} or JSON [{question, answers, ctxs}]")
+    sp.add_argument("--model", default=default_model(), help="tiny-random (offline default), a local dir or a HF id")
+    sp.add_argument("--modes", default="full,block",
+                    help="comma list of full, block, block-k<K> (recompute K tokens per block), block-sink, block-sink-k<K>")
+    sp.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
+    sp.add_argument("--out", default="eval-results", help="directory for eval.json and eval.png")
+    sp.add_argument("--max-new-tokens", type=int, default=32)
+    sp.add_argument("--max-blocks", type=int, default=None, help="keep the first N passages of each question")
+    sp.add_argument("--block-marker", default=None, help='prompt marker of the checkpoint, e.g. "[Block-Attention]"')
+    sp.add_argument("--docs-in", choices=["system", "user"], default=None, help="chat turn that holds the passages")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--no-plot", action="store_true")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_eval)
     return p
 
 

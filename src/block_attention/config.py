@@ -27,12 +27,19 @@ class EngineConfig:
     else the defaults. ``overflow``: what to do when the prompt does not fit: ``"error"`` raises
     :class:`ContextTooLongError`; ``"drop_lowest"`` drops the lowest-ranked blocks until it fits.
     ``max_batch_tokens``: padded-token budget of one block-encoding forward pass.
+    ``recompute_tokens``: training-free recovery for models that were not block-fine-tuned: in block mode, the
+    first ``k`` tokens of every block are recomputed with attention to everything before them (0 = plain block
+    mode, see :mod:`block_attention.recovery`). Each request may override it.
+    ``sink``: ``"prefix"`` encodes every block behind the prompt's prefix block (a shared attention sink, APE-style;
+    see :mod:`block_attention.sink`); ``"none"`` (default) encodes each block alone. Each request may override it.
     """
 
     mode: Mode = "block"
     prompt: PromptConfig | None = None
     overflow: Literal["error", "drop_lowest"] = "error"
     max_batch_tokens: int = 16384
+    recompute_tokens: int = 0
+    sink: Literal["none", "prefix"] = "none"
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -40,6 +47,11 @@ class EngineConfig:
             raise ConfigError(f"overflow must be 'error' or 'drop_lowest', got {self.overflow!r}.")
         if self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}.")
+        if isinstance(self.recompute_tokens, bool) or not isinstance(self.recompute_tokens, int) \
+                or self.recompute_tokens < 0:
+            raise ConfigError(f"recompute_tokens must be an int >= 0 (0 = plain block mode), got {self.recompute_tokens!r}.")
+        if self.sink not in ("none", "prefix"):
+            raise ConfigError(f"sink must be 'none' or 'prefix', got {self.sink!r}.")
         if self.prompt is not None and not isinstance(self.prompt, PromptConfig):
             raise ConfigError("EngineConfig.prompt must be a PromptConfig (or None).")
 

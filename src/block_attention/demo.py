@@ -24,8 +24,9 @@ def run_demo(model: str | None = None, workdir: str | None = None, questions: in
     print("Block-Attention RAG demo (offline)")
     print(f"  model : {describe_model(name)}")
     print(f"  corpus: {corpus}")
-    print("  Other models: block-attention demo --model ldsjmdy/Tulu3-Block-FT (the paper's block-fine-tuned "
-          "Llama-3.1-8B) or any Hugging Face causal LM when online.\n")
+    print("  Other models (online): block-fine-tuned checkpoints such as hxia7/Llama-3.2-1B-Block-FT or "
+          "ldsjmdy/Tulu3-Block-FT (the paper's Llama-3.1-8B); a model not block-fine-tuned, e.g. "
+          "Qwen/Qwen2.5-1.5B-Instruct, loses answer quality in block mode (see docs/quality.md).\n")
     with tempfile.TemporaryDirectory(prefix="block-attention-demo-") as tmp:
         root = Path(workdir or tmp)
         with Retriever.create(root / "index") as retriever, \

@@ -20,6 +20,7 @@ refused at construction with :class:`UnsupportedModelError`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,11 +38,16 @@ from .generation import TextTracker, TokenSelector
 from .kv import BlockKV
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
+from .quality import is_block_finetuned, model_name, quality_warning
+from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
 from .rope import inspect_model
+from .sink import Sink, check_sink, encode_behind_sink, sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
+
+logger = logging.getLogger("block_attention")
 
 __all__ = ["BlockAttentionEngine", "Generation", "PrefillOutput", "RequestStats", "TextStream", "WarmReport"]
 
@@ -85,6 +91,12 @@ class BlockAttentionEngine:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self._quality_warned = False
+
+    @property
+    def block_finetuned(self) -> bool:
+        """Whether the model was block-fine-tuned (recorded prompt config or a known checkpoint)."""
+        return is_block_finetuned(self.model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, config: EngineConfig | None = None,
@@ -146,10 +158,15 @@ class BlockAttentionEngine:
         return self.builder.layout(blocks, question, system, history)
 
     def plan(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
-             history: Sequence[Message] = (), mode: Mode | None = None, max_new_tokens: int = 0) -> RequestPlan:
-        """Render and tokenize the request, fit it to the context window (dropping blocks when configured)."""
+             history: Sequence[Message] = (), mode: Mode | None = None, max_new_tokens: int = 0,
+             recompute_tokens: int | None = None, sink: Sink | None = None) -> RequestPlan:
+        """Render and tokenize the request, fit it to the context window (dropping blocks when configured).
+
+        ``recompute_tokens`` and ``sink`` override the engine's recovery options for this request (block mode)."""
         started = time.perf_counter()
         mode = check_mode(mode or self.config.mode)
+        k = check_recompute_tokens(self.config.recompute_tokens if recompute_tokens is None else recompute_tokens)
+        sink = check_sink(self.config.sink if sink is None else sink)
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
         limit, reason = self.max_positions, f"the model's context window is {self.max_positions} tokens"
@@ -170,8 +187,14 @@ class BlockAttentionEngine:
             victim = _lowest_ranked(blocks)
             dropped.append(blocks[victim].key)
             blocks = blocks[:victim] + blocks[victim + 1:]
-        keys = tuple(self.cache_key(b.doc_id, b.token_ids) for b in layout.blocks)
-        return RequestPlan(mode, layout, keys, tuple(dropped), started)
+        sink_ids = sink_span(layout) if mode == "block" and sink == "prefix" else None
+        keys = [self.cache_key(b.doc_id, b.token_ids) for b in layout.blocks]
+        offsets = [b.offset for b in layout.blocks]
+        if sink_ids is not None:  # every block after the prefix is encoded behind it: own keys, shifted offsets
+            keys[1:] = [sink_cache_key(self.fingerprint, b.doc_id, b.token_ids, sink_ids) for b in layout.blocks[1:]]
+            offsets[1:] = [b.offset - len(sink_ids) for b in layout.blocks[1:]]
+        return RequestPlan(mode, layout, tuple(keys), tuple(dropped), started, tuple(offsets), sink_ids,
+                           k if mode == "block" else 0)
 
     # -- stage 2: lookup -------------------------------------------------------------------------------------
     def lookup(self, plan: RequestPlan) -> Lookup:
@@ -196,23 +219,37 @@ class BlockAttentionEngine:
         """Encode the missing blocks alone (batched), store them (unless ``store=False``), return every KV."""
         t0 = time.perf_counter()
         found = dict(lookup.found)
-        if lookup.missing:
-            encoded = encode_blocks(self.model, list(lookup.missing.values()), pad_id=self.pad_id,
-                                    max_batch_tokens=self.config.max_batch_tokens)
-            for key, kv in zip(lookup.missing, encoded):
-                found[key] = kv
-                if store and self.store is not None:
-                    self.store.put(key, kv)
+        behind = {k: ids for k, ids in lookup.missing.items() if plan.sink_ids is not None and k != plan.keys[0]}
+        alone = {k: ids for k, ids in lookup.missing.items() if k not in behind}
+        encoded: list[tuple[CacheKey, BlockKV]] = []
+        if alone:
+            encoded += zip(alone, encode_blocks(self.model, list(alone.values()), pad_id=self.pad_id,
+                                                max_batch_tokens=self.config.max_batch_tokens))
+        if behind:
+            assert plan.sink_ids is not None
+            encoded += zip(behind, encode_behind_sink(self.model, plan.sink_ids, list(behind.values()),
+                                                      pad_id=self.pad_id,
+                                                      max_batch_tokens=self.config.max_batch_tokens))
+        for key, kv in encoded:
+            found[key] = kv
+            if store and self.store is not None:
+                self.store.put(key, kv)
         tokens = sum(len(ids) for ids in lookup.missing.values())
         return BlockKVs(tuple(found[k] for k in plan.keys), len(lookup.missing), tokens, time.perf_counter() - t0)
 
     # -- stage 4: assemble -----------------------------------------------------------------------------------
     def assemble(self, plan: RequestPlan, blocks: BlockKVs) -> Assembled:
-        """A fresh cache holding every block re-rotated to its offset (the inputs are never written)."""
+        """A fresh cache holding every block re-rotated to its offset (the inputs are never written); with
+        ``plan.recompute_tokens`` the first tokens of every block are then recomputed (:mod:`.recovery`)."""
         t0 = time.perf_counter()
-        offsets = [b.offset for b in plan.layout.blocks]
-        cache = assemble_cache(blocks.kvs, offsets, self.rotary, self.device)
-        return Assembled(cache, time.perf_counter() - t0)
+        cache = assemble_cache(blocks.kvs, list(plan.offsets), self.rotary, self.device)
+        t1 = time.perf_counter()
+        if not plan.recompute_tokens:
+            return Assembled(cache, t1 - t0)
+        with torch.inference_mode():
+            cache = recompute_block_starts_(self.model, cache, plan.layout, plan.recompute_tokens)
+        return Assembled(cache, t1 - t0, recomputed_token_count(plan.layout, plan.recompute_tokens),
+                         time.perf_counter() - t1)
 
     # -- stage 5: prefill ------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -243,17 +280,27 @@ class BlockAttentionEngine:
                     ) -> tuple[Prefilled, Lookup | None, BlockKVs | None, Assembled | None]:
         """Every stage up to the first token for ``plan``: lookup, encode, assemble (block mode), prefill."""
         if plan.mode == "block" and plan.layout.blocks:
+            self._warn_quality_once(plan)
             lookup = self.lookup(plan)
             blocks = self.encode(plan, lookup)
             assembled = self.assemble(plan, blocks)
             return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
         return self.prefill_final(plan, all_logits=all_logits), None, None, None
 
+    def _warn_quality_once(self, plan: RequestPlan) -> None:
+        """One warning per engine when plain block mode serves a model that was not block-fine-tuned."""
+        if self._quality_warned or plan.recompute_tokens or plan.sink_ids is not None or self.block_finetuned:
+            return
+        self._quality_warned = True
+        logger.warning(quality_warning(model_name(self.model)))
+
     def prefill(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
-                history: Sequence[Message] = (), mode: Mode | None = None,
-                all_logits: bool = False) -> PrefillOutput:
-        """Build the cache and run the final block; returns its logits (for scoring, oracles, custom decoding)."""
-        plan = self.plan(blocks, question, system=system, history=history, mode=mode)
+                history: Sequence[Message] = (), mode: Mode | None = None, all_logits: bool = False,
+                recompute_tokens: int | None = None, sink: Sink | None = None) -> PrefillOutput:
+        """Build the cache and run the final block; returns its logits (for scoring, oracles, custom decoding).
+        ``recompute_tokens``/``sink`` override the EngineConfig fields for this request (block mode only)."""
+        plan = self.plan(blocks, question, system=system, history=history, mode=mode,
+                         recompute_tokens=recompute_tokens, sink=sink)
         prefilled, lookup, kvs, assembled = self.run_prefill(plan, all_logits=all_logits)
         elapsed = time.perf_counter() - plan.started
         stats = RequestStats.of(plan, lookup, kvs, assembled, prefilled, ttft_s=elapsed, total_s=elapsed)
@@ -301,10 +348,12 @@ class BlockAttentionEngine:
     # -- whole requests --------------------------------------------------------------------------------------
     def generate(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                  history: Sequence[Message] = (), mode: Mode | None = None,
-                 generation: GenerationConfig | None = None, **overrides: Any) -> Generation:
-        """Answer ``question`` over ``blocks``. ``overrides`` are GenerationConfig fields (e.g. max_new_tokens)."""
-        stream = self.stream(blocks, question, system=system, history=history, mode=mode,
-                             generation=generation, **overrides)
+                 generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
+                 sink: Sink | None = None, **overrides: Any) -> Generation:
+        """Answer ``question`` over ``blocks``. ``overrides`` are GenerationConfig fields (e.g. max_new_tokens);
+        ``recompute_tokens``/``sink`` override the engine's recovery options for this request."""
+        stream = self.stream(blocks, question, system=system, history=history, mode=mode, generation=generation,
+                             recompute_tokens=recompute_tokens, sink=sink, **overrides)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -312,11 +361,12 @@ class BlockAttentionEngine:
 
     def stream(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
                history: Sequence[Message] = (), mode: Mode | None = None,
-               generation: GenerationConfig | None = None, **overrides: Any) -> TextStream:
+               generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
+               sink: Sink | None = None, **overrides: Any) -> TextStream:
         """Like :meth:`generate` but yields text pieces as they are decoded; ``.result`` is set at the end."""
         generation = _with_overrides(generation or GenerationConfig(), overrides)
         plan = self.plan(blocks, question, system=system, history=history, mode=mode,
-                         max_new_tokens=generation.max_new_tokens)
+                         max_new_tokens=generation.max_new_tokens, recompute_tokens=recompute_tokens, sink=sink)
         return TextStream(self._answer(plan, generation))
 
     def _answer(self, plan: RequestPlan, generation: GenerationConfig) -> Iterator[str]:

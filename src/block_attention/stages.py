@@ -31,6 +31,9 @@ class RequestPlan:
     keys: tuple[CacheKey, ...]  # one per layout block, in prompt order
     dropped: tuple[str, ...] = ()  # doc ids dropped to fit the context (overflow="drop_lowest")
     started: float = field(default_factory=time.perf_counter)  # perf_counter() when the request began
+    offsets: tuple[int, ...] = ()  # rotation offset of each block at assembly (its offset, or offset - P behind a sink)
+    sink_ids: tuple[int, ...] | None = None  # blocks are encoded behind these tokens (sink="prefix"), else alone
+    recompute_tokens: int = 0  # recovery: recompute the first k tokens of every block after assembly
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Assembled:
 
     cache: DynamicCache
     seconds: float = 0.0
+    recomputed_tokens: int = 0  # context tokens recomputed by recovery
+    recompute_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class RequestStats(HitsByTier):
     ttft_s: float = 0.0
     total_s: float = 0.0
     new_tokens: int = 0
+    recomputed_tokens: int = 0  # context tokens recomputed by recovery (recompute_tokens)
+    recompute_s: float = 0.0
 
     @classmethod
     def of(cls, plan: RequestPlan, lookup: Lookup | None = None, encoded: BlockKVs | None = None,
@@ -107,6 +114,8 @@ class RequestStats(HitsByTier):
             lookup_s=lookup.seconds if lookup else 0.0, encode_s=encoded.seconds if encoded else 0.0,
             assemble_s=assembled.seconds if assembled else 0.0, prefill_s=prefilled.seconds if prefilled else 0.0,
             ttft_s=ttft_s, total_s=total_s, new_tokens=new_tokens,
+            recomputed_tokens=assembled.recomputed_tokens if assembled else 0,
+            recompute_s=assembled.recompute_seconds if assembled else 0.0,
         )
 
     def as_dict(self) -> dict[str, Any]:
