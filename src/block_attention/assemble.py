@@ -24,8 +24,14 @@ def assemble_cache(blocks: Sequence[BlockKV], offsets: Sequence[int], rotary: Ro
     per_token = torch.cat([
         torch.full((b.n_tokens,), off, dtype=torch.long, device=device) for b, off in zip(blocks, offsets)
     ])  # [T] offset of each token's block
+    rotate_layers_(keys, per_token, rotary)
+    return DynamicCache(ddp_cache_data=[(keys[i][None], values[i][None]) for i in range(keys.shape[0])])
+
+
+def rotate_layers_(keys: torch.Tensor, per_token: torch.Tensor, rotary: RotaryInfo) -> torch.Tensor:
+    """Rotate ``keys [L, H_kv, T, D]`` in place, token ``t`` by ``per_token[t]`` positions (negative: back)."""
     if bool((per_token != 0).any()):
-        cos, sin = rotation(per_token, rotary.inv_freq.to(device))  # [T, D] float32
+        cos, sin = rotation(per_token, rotary.inv_freq.to(per_token.device))  # [T, D] float32
         for layer in range(keys.shape[0]):
             rotate_keys_(keys[layer], cos, sin)  # [H_kv, T, D]
-    return DynamicCache(ddp_cache_data=[(keys[i][None], values[i][None]) for i in range(keys.shape[0])])
+    return keys

@@ -27,6 +27,10 @@ class EngineConfig:
     else the defaults. ``overflow``: what to do when the prompt does not fit: ``"error"`` raises
     :class:`ContextTooLongError`; ``"drop_lowest"`` drops the lowest-ranked blocks until it fits.
     ``max_batch_tokens``: padded-token budget of one block-encoding forward pass.
+    ``cold_prefill``: how a block-mode request with uncached blocks runs. ``"fused"``: the missing blocks and
+    the final block in one forward pass with block-sparse attention (:mod:`block_attention.fused`; each weight
+    read once); ``"separate"``: the missing blocks encoded alone (batched), then the final block over the assembled
+    cache. Both are exact; a model whose attention the fused path cannot serve falls back to ``"separate"``.
     ``recompute_tokens``: training-free recovery for models that were not block-fine-tuned: in block mode, the
     first ``k`` tokens of every block are recomputed with attention to everything before them (0 = plain block
     mode, see :mod:`block_attention.recovery`). Each request may override it.
@@ -38,6 +42,7 @@ class EngineConfig:
     prompt: PromptConfig | None = None
     overflow: Literal["error", "drop_lowest"] = "error"
     max_batch_tokens: int = 16384
+    cold_prefill: Literal["fused", "separate"] = "separate"
     recompute_tokens: int = 0
     sink: Literal["none", "prefix"] = "none"
 
@@ -47,6 +52,8 @@ class EngineConfig:
             raise ConfigError(f"overflow must be 'error' or 'drop_lowest', got {self.overflow!r}.")
         if self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}.")
+        if self.cold_prefill not in ("fused", "separate"):
+            raise ConfigError(f"cold_prefill must be 'fused' or 'separate', got {self.cold_prefill!r}.")
         if isinstance(self.recompute_tokens, bool) or not isinstance(self.recompute_tokens, int) \
                 or self.recompute_tokens < 0:
             raise ConfigError(f"recompute_tokens must be an int >= 0 (0 = plain block mode), got {self.recompute_tokens!r}.")

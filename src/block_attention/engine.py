@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .assemble import assemble_cache
+from .assemble import assemble_cache, rotate_layers_
 from .blocks import Block, as_blocks, check_unique_ids
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError
 from .fingerprint import model_fingerprint
+from .fused import FusedUnsupported, fused_attention, segments_for
 from .generation import TextTracker, TokenSelector
 from .kv import BlockKV
 from .layout import PromptLayout
@@ -92,6 +93,7 @@ class BlockAttentionEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._quality_warned = False
+        self._fused_ok = True  # cleared when the model's attention turns out to need the separate path
 
     @property
     def block_finetuned(self) -> bool:
@@ -276,12 +278,66 @@ class BlockAttentionEngine:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
         return Prefilled(logits, out.past_key_values, layout.total_len, time.perf_counter() - t0)
 
+    @torch.inference_mode()
+    def prefill_fused(self, plan: RequestPlan, lookup: Lookup, *, all_logits: bool = False
+                      ) -> tuple[Prefilled, Lookup, BlockKVs, Assembled]:
+        """Encode, assemble and prefill in one forward (:mod:`block_attention.fused`): the cached blocks are
+        assembled at their offsets, then the missing blocks and the final block run together at their global
+        positions with block-sparse attention; each missing block's KV is cut out, rotated back to ``0..n-1``
+        and stored. Raises :class:`~block_attention.fused.FusedUnsupported` (nothing stored) when the model's
+        attention needs the separate path."""
+        t0 = time.perf_counter()
+        layout, device = plan.layout, self.device
+        spans = list(zip(plan.keys, layout.blocks))
+        cached = [(lookup.found[k], s.offset) for k, s in spans if k in lookup.found]
+        fresh = [(k, s) for k, s in spans if k not in lookup.found]  # every occurrence, in prompt order
+        cache = assemble_cache([kv for kv, _ in cached], [o for _, o in cached], self.rotary, device) if cached \
+            else DynamicCache()
+        past = sum(kv.n_tokens for kv, _ in cached)
+        t1 = time.perf_counter()
+        ids = [t for _, s in fresh for t in s.token_ids] + list(layout.final_ids)
+        positions = torch.cat([torch.arange(s.offset, s.end) for _, s in fresh]
+                              + [torch.arange(layout.context_len, layout.total_len)])  # [q] global positions
+        final = len(layout.final_ids)
+        with fused_attention(self.model, segments_for(past, [len(s.token_ids) for _, s in fresh], final)):
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+                             position_ids=positions.to(device)[None], past_key_values=cache, use_cache=True,
+                             logits_to_keep=final if all_logits else 1)
+        logits = out.logits[0]  # [F or 1, V]
+        t2 = time.perf_counter()
+        stored: dict[CacheKey, BlockKV] = {}
+        start = past
+        for key, span in fresh:
+            n = len(span.token_ids)
+            if key not in stored:
+                stored[key] = self._cut_block(out.past_key_values, start, n, span.offset)
+                if self.store is not None:
+                    self.store.put(key, stored[key])
+            start += n
+        encoded = BlockKVs((), len(stored), sum(kv.n_tokens for kv in stored.values()), time.perf_counter() - t2)
+        prefilled = Prefilled(logits, out.past_key_values, layout.total_len, t2 - t1)
+        return prefilled, lookup, encoded, Assembled(out.past_key_values, t1 - t0)
+
+    def _cut_block(self, cache: DynamicCache, start: int, n: int, offset: int) -> BlockKV:
+        """Fresh copy of cache tokens ``start..start+n`` with keys rotated back from ``offset`` to ``0..n-1``."""
+        keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D] copy
+        values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D]
+        back = torch.full((n,), -offset, dtype=torch.long, device=keys.device)  # [n]
+        return BlockKV(rotate_layers_(keys, back, self.rotary), values)
+
     def run_prefill(self, plan: RequestPlan, *, all_logits: bool = False
                     ) -> tuple[Prefilled, Lookup | None, BlockKVs | None, Assembled | None]:
         """Every stage up to the first token for ``plan``: lookup, encode, assemble (block mode), prefill."""
         if plan.mode == "block" and plan.layout.blocks:
             self._warn_quality_once(plan)
             lookup = self.lookup(plan)
+            if lookup.missing and self._fused_ok and self.config.cold_prefill == "fused" \
+                    and plan.sink_ids is None and not plan.recompute_tokens:
+                try:
+                    return self.prefill_fused(plan, lookup, all_logits=all_logits)
+                except FusedUnsupported as exc:
+                    self._fused_ok = False
+                    logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
             blocks = self.encode(plan, lookup)
             assembled = self.assemble(plan, blocks)
             return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
