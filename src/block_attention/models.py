@@ -4,10 +4,16 @@ Built-in offline names (no download): ``tiny-random`` (a seeded random tiny Llam
 answers are gibberish) and ``tiny-block-ft`` (a tiny model block-fine-tuned by ``block_attention.finetune`` on a
 synthetic corpus, shipped in the package when present). Anything else is a local directory or a Hugging Face id
 loaded with transformers (online, or from the local HF cache).
+
+:func:`load_engine` is the library's one engine factory (CLI, both framework integrations, benchmarks, demo);
+:func:`load_pretrained` is the one place transformers' loaders are called (the engine's ``from_pretrained``,
+benchmarks and fine-tuning use it). ``model_kwargs`` always means extra keyword arguments of
+``AutoModelForCausalLM.from_pretrained``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +21,7 @@ from typing import Any
 from .config import EngineConfig
 from .engine import BlockAttentionEngine
 from .errors import BlockAttentionError
-from .store import StoreConfig
+from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
 BUILTIN_FINETUNED = "tiny-block-ft"
@@ -43,12 +49,41 @@ def describe_model(name: str) -> str:
     return name
 
 
-def load_engine(name: str, *, cache_dir: str | Path | None = None, memory_bytes: int = 1 << 30,
-                disk_bytes: int = 20 << 30, config: EngineConfig | None = None, device: str | None = None,
-                dtype: Any = "auto") -> BlockAttentionEngine:
-    """An engine for model ``name`` with a memory tier and, when ``cache_dir`` is given, a disk tier there."""
-    store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
-                        disk_bytes=disk_bytes)
+def load_pretrained(name_or_path: str, *, dtype: Any = "auto", device: str | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a local folder or hub id: the one place the library calls transformers' loaders.
+
+    ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (e.g.
+    ``attn_implementation``, ``revision``, ``trust_remote_code``, ``quantization_config``); nothing else.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(model_kwargs or {})
+    if "dtype" in kwargs or "device" in kwargs:
+        raise ModelLoadError("Pass dtype= and device= as their own arguments, not inside model_kwargs (model_kwargs "
+                             "are extra keyword arguments of AutoModelForCausalLM.from_pretrained).")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    if device:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
+def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None, config: EngineConfig | None = None,
+                device: str | None = None, dtype: Any = "auto", model_kwargs: Mapping[str, Any] | None = None,
+                cache_dir: str | Path | None = None, memory_bytes: int = 1 << 30,
+                disk_bytes: int = 20 << 30) -> BlockAttentionEngine:
+    """THE engine factory (CLI, integrations, benchmarks, demo): an engine for model ``name``.
+
+    ``name`` is a built-in offline model (``tiny-random``, ``tiny-block-ft``), a local folder or a hub id.
+    ``store``: a :class:`KVStore` or :class:`StoreConfig` (or ``False`` for none); when omitted, a memory tier of
+    ``memory_bytes`` and, when ``cache_dir`` is given, a disk tier of ``disk_bytes`` there. ``model_kwargs``: extra
+    keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (ignored by ``tiny-random``, which is built
+    from a config).
+    """
+    if store is None:
+        store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
+                            disk_bytes=disk_bytes)
     if name == BUILTIN_RANDOM:
         from .testing import tiny_model, tiny_tokenizer
 
@@ -61,7 +96,8 @@ def load_engine(name: str, *, cache_dir: str | Path | None = None, memory_bytes:
                                  "or a Hugging Face model id.")
         name = str(path)
     try:
-        return BlockAttentionEngine.from_pretrained(name, config=config, store=store, dtype=dtype, device=device)
+        return BlockAttentionEngine.from_pretrained(name, config=config, store=store, dtype=dtype, device=device,
+                                                    **dict(model_kwargs or {}))
     except BlockAttentionError:
         raise
     except (OSError, ValueError, KeyError) as exc:
