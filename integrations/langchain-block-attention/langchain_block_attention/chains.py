@@ -14,7 +14,9 @@ Contract:
   arguments, same ``Runnable[dict, output]`` shape): the documents are rendered with block markers
   (:func:`~langchain_block_attention.format_docs`, or ``document_prompt`` inside each marker) and joined with
   ``document_separator``, so the model caches each document as its own block keyed by its id. Use it with any
-  ``prompt`` that has a ``{context}`` variable, e.g. inside ``create_retrieval_chain``.
+  ``prompt`` that has a ``{context}`` variable, e.g. inside ``create_retrieval_chain``. ``keep_message=True``
+  returns the model's message itself (for a chat model an ``AIMessage`` whose ``response_metadata
+  ["block_attention"]`` holds the request stats) instead of parsing it to a string.
 * ``llm`` is a :class:`~langchain_block_attention.BlockAttentionLLM` or
   :class:`~langchain_block_attention.ChatBlockAttention` (optionally wrapped by ``.bind``/``.with_config``); a chat
   model receives ``[*chat_history, HumanMessage(question)]``, a completion LLM the question with ``history=``.
@@ -63,7 +65,8 @@ def create_stuff_documents_chain(llm: Runnable[Any, Any], prompt: BasePromptTemp
                                  output_parser: BaseOutputParser | None = None,
                                  document_prompt: BasePromptTemplate | None = None,
                                  document_separator: str = "\n\n",
-                                 document_variable_name: str = "context") -> Runnable[dict[str, Any], Any]:
+                                 document_variable_name: str = "context",
+                                 keep_message: bool = False) -> Runnable[dict[str, Any], Any]:
     """``langchain_classic.chains.combine_documents.create_stuff_documents_chain`` keeping each document a block."""
     from block_attention import Block
     from block_attention.integration.markers import format_blocks
@@ -86,7 +89,7 @@ def create_stuff_documents_chain(llm: Runnable[Any, Any], prompt: BasePromptTemp
 
     return (
         RunnablePassthrough.assign(**{document_variable_name: format_docs}).with_config(run_name="format_inputs")
-        | prompt | llm | (output_parser or StrOutputParser())
+        | prompt | (llm if keep_message else llm | (output_parser or StrOutputParser()))
     ).with_config(run_name="stuff_documents_chain")
 
 
