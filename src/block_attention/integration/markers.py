@@ -45,7 +45,7 @@ _SPAN = re.compile("\u27e6block((?: [a-z]+=[^\\s\u27e7]*)*)\u27e7\\n?(.*?)\\n?\u
 _STRAY = re.compile("\u27e6block(?: [a-z]+=[^\\s\u27e7]*)*\u27e7\\n?|\\n?\u27e6/block\u27e7")
 _BLANKS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _CONTEXT_WORDS = re.compile(r"\b(context|documents?|passages?|sources?)\b", re.IGNORECASE)
-FLAT_CONTEXT_MIN_CHARS = 600
+FLAT_CONTEXT_MIN_CHARS = 400
 
 
 @dataclass(frozen=True)
