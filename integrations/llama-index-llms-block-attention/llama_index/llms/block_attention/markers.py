@@ -141,8 +141,15 @@ _REGISTER_LOCK = threading.Lock()
 
 
 def current_synthesis() -> SynthesisStats | None:
-    """The stats collector of the synthesis running in this context, if any."""
-    return _CURRENT.get()
+    """The stats collector of the synthesis running in this context, if any.
+
+    A streaming synthesis ends (its response is returned) before its LLM stream starts, so its collector stays
+    current until the stream starts; taking it then releases it, so later calls never report into that response.
+    """
+    collector = _CURRENT.get()
+    if collector is not None and collector.response is not None:
+        _CURRENT.set(None)
+    return collector
 
 
 def register_stats_handler() -> None:
@@ -167,7 +174,9 @@ def register_stats_handler() -> None:
                     _CURRENT.set(SynthesisStats())
                 elif isinstance(event, SynthesizeEndEvent):
                     collector = _CURRENT.get()
-                    _CURRENT.set(None)
+                    streaming = hasattr(event.response, "response_gen") or hasattr(event.response, "async_response_gen")
+                    if not (streaming and collector is not None and not collector.stats):
+                        _CURRENT.set(None)  # a stream not started yet still reports into this response
                     if collector is not None:
                         collector.attach(event.response)
 
