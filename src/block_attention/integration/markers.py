@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from ..blocks import Block
+from ..blocks import Block, text_digest
 
 OPEN, CLOSE = "\u27e6block", "\u27e6/block\u27e7"
 BLOCK_MARKER = "<|block|>"
@@ -41,7 +41,8 @@ FLAT_CONTEXT_HINT = (
     "node_postprocessors=[BlockMarkers()] to as_query_engine/as_chat_engine, or pass documents=/nodes= per call."
 )
 
-_SPAN = re.compile("\u27e6block((?: [a-z]+=[^\\s\u27e7]*)*)\u27e7\\n?(.*?)\\n?\u27e6/block\u27e7", re.DOTALL)
+_SPAN = re.compile("\u27e6block((?: [a-z]+=[^\\s\u27e7]*)*)\u27e7\\n?((?:(?!\u27e6block[ \u27e7]).)*?)\\n?\u27e6/block\u27e7",
+                   re.DOTALL)
 _STRAY = re.compile("\u27e6block(?: [a-z]+=[^\\s\u27e7]*)*\u27e7\\n?|\\n?\u27e6/block\u27e7")
 _BLANKS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _CONTEXT_WORDS = re.compile(r"\b(context|documents?|passages?|sources?)\b", re.IGNORECASE)
@@ -106,8 +107,10 @@ def split_prompt(prompt: str) -> SplitPrompt:
                 score_value = float(score) if score is not None else None
             except ValueError:
                 score_value = None
-            blocks.append(Block(text=text, doc_id=attrs.get("id") or None, title=attrs.get("title") or None,
-                                score=score_value))
+            key = attrs.get("id") or None
+            if key == "text:" + text_digest(text):
+                key = None  # an unkeyed block (keyed by its content digest) stays unkeyed
+            blocks.append(Block(text=text, doc_id=key, title=attrs.get("title") or None, score=score_value))
         pieces.append(prompt[last:])
         rest = "".join(pieces)
         stray = _STRAY.sub("", rest)
