@@ -59,7 +59,8 @@ def run_twice(engine: Any, call: Any) -> tuple[Any, Any, int, int]:
     return first, second, after.misses - before.misses, after.hits - before.hits
 
 
-def test_tutorial_lcel_chain_with_chat_model_keeps_blocks(oracle: Any, engine: Any, retriever: BlockAttentionRetriever) -> None:
+def test_tutorial_lcel_chain_with_chat_model_keeps_blocks(oracle: Any, engine: Any,
+                                                          retriever: BlockAttentionRetriever) -> None:
     chat = ChatBlockAttention(engine=engine, max_tokens=N)
     chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | CHAT_PROMPT | chat
     docs = retriever.invoke(QUESTION)
@@ -72,7 +73,8 @@ def test_tutorial_lcel_chain_with_chat_model_keeps_blocks(oracle: Any, engine: A
     assert (chain | StrOutputParser()).invoke(QUESTION) == want.text
 
 
-def test_tutorial_lcel_chain_with_llm_keeps_blocks(oracle: Any, engine: Any, retriever: BlockAttentionRetriever) -> None:
+def test_tutorial_lcel_chain_with_llm_keeps_blocks(oracle: Any, engine: Any,
+                                                   retriever: BlockAttentionRetriever) -> None:
     llm = BlockAttentionLLM(engine=engine, max_tokens=N)
     chain = ({"context": retriever | format_docs, "question": RunnablePassthrough()} | TUTORIAL_PROMPT | llm
              | StrOutputParser())

@@ -9,10 +9,10 @@ split that string back into cached blocks:
   blank lines (the drop-in for a recipe's ``format_docs``).
 * :func:`split_prompt` finds every complete marked span in a prompt and returns ``SplitPrompt(blocks, rest)``:
   the blocks in order (text exactly as marked, ``doc_id`` the marker's id) and the prompt with the spans removed
-  (runs of blank lines collapsed, stripped; a prompt without markers is returned unchanged). A span cut in two (e.g. by a framework re-chunking the context) is not
-  a block; its pieces stay in ``rest``, marker text removed. The older separator form, :data:`BLOCK_SEPARATOR`
-  between blocks and before the question, is also understood: every part before the last separator is a block
-  keyed by its text digest, the last part is the rest.
+  (runs of blank lines collapsed, stripped; a prompt without markers is returned unchanged). A span cut in two
+  (e.g. by a framework re-chunking the context) is not a block; its pieces stay in ``rest``, marker text removed.
+  The older separator form, :data:`BLOCK_SEPARATOR` between blocks and before the question, is also understood:
+  every part before the last separator is a block keyed by its text digest, the last part is the rest.
 * :func:`looks_like_flat_context` is the heuristic behind the integrations' one-time warning that a prompt
   evidently carries retrieved context but no blocks (so nothing is cached per passage).
 
@@ -41,8 +41,9 @@ FLAT_CONTEXT_HINT = (
     "node_postprocessors=[BlockMarkers()] to as_query_engine/as_chat_engine, or pass documents=/nodes= per call."
 )
 
-_SPAN = re.compile("\u27e6block((?: [a-z]+=[^\\s\u27e7]*)*)\u27e7\\n?((?:(?!\u27e6block[ \u27e7]).)*?)\\n?\u27e6/block\u27e7",
-                   re.DOTALL)
+_SPAN = re.compile("\u27e6block((?: [a-z]+=[^\\s\u27e7]*)*)\u27e7\\n?"  # opening marker and its attributes
+                   "((?:(?!\u27e6block[ \u27e7]).)*?)"  # the block text (never another opening marker)
+                   "\\n?\u27e6/block\u27e7", re.DOTALL)
 _STRAY = re.compile("\u27e6block(?: [a-z]+=[^\\s\u27e7]*)*\u27e7\\n?|\\n?\u27e6/block\u27e7")
 _BLANKS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _CONTEXT_WORDS = re.compile(r"\b(context|documents?|passages?|sources?)\b", re.IGNORECASE)
