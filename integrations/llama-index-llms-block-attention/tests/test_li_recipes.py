@@ -52,10 +52,8 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture(scope="module")
-def vector_index() -> VectorStoreIndex:
-    from conftest import CORPUS
-
-    docs = [Document(text=text, id_=name) for name, text in CORPUS.items()]
+def vector_index(corpus: dict[str, str]) -> VectorStoreIndex:
+    docs = [Document(text=text, id_=name) for name, text in corpus.items()]
     return VectorStoreIndex.from_documents(docs, embed_model=MockEmbedding(embed_dim=8))
 
 
