@@ -228,3 +228,13 @@ def test_split_chunks_sharing_a_loader_id_are_keyed_apart(oracle: Any, engine: A
     assert len({b.key for b in blocks}) == len(chunks) and all(b.key.startswith("bell.md#") for b in blocks)
     assert llm.invoke(QUESTION, documents=chunks) == oracle.generate(blocks, QUESTION, max_new_tokens=N).text
     assert to_blocks(chunks[::-1])[0].key == blocks[-1].key  # a chunk's key does not depend on the order
+
+
+def test_chat_model_splits_separator_prompts(engine: Any, oracle: Any) -> None:
+    from langchain_block_attention import BLOCK_SEPARATOR
+
+    chat = ChatBlockAttention(engine=engine, max_tokens=N)
+    texts = ["Robert Stevenson built Bell Rock.", "Smeaton built the third Eddystone tower."]
+    reply = chat.invoke(BLOCK_SEPARATOR.join([*texts, QUESTION]))
+    assert reply.content == oracle.generate(texts, QUESTION, max_new_tokens=N).text
+    assert reply.response_metadata["block_attention"]["blocks"] == len(texts) + 1

@@ -161,3 +161,19 @@ def test_unloaded_llm_survives_deepcopy_and_pickle(tiny_model_dir: Any) -> None:
     for twin in (copy.deepcopy(lazy), pickle.loads(pickle.dumps(lazy))):
         assert not twin.engine_loaded and twin.model_name == str(tiny_model_dir)
     assert not lazy.engine_loaded
+
+
+def test_block_synthesizer_reports_stats_in_response_metadata(make_engine: Any, oracle: Any,
+                                                              vector_index: VectorStoreIndex) -> None:
+    from llama_index.core.query_engine import RetrieverQueryEngine
+    from llama_index.llms.block_attention import BlockAttentionSynthesizer, to_blocks
+
+    engine = make_engine()
+    llm = BlockAttentionLLM(engine=engine, max_new_tokens=N)
+    query_engine = RetrieverQueryEngine(vector_index.as_retriever(similarity_top_k=K),
+                                        response_synthesizer=BlockAttentionSynthesizer(llm))
+    first = query_engine.query(QUESTION)
+    assert str(first) == oracle.generate(to_blocks(first.source_nodes), QUESTION, max_new_tokens=N).text
+    assert first.metadata["block_attention"]["misses"] == engine.store.stats().misses == K + 1
+    second = query_engine.query(QUESTION)
+    assert second.metadata["block_attention"]["misses"] == 0 and second.metadata["block_attention"]["hits"] == K + 1
