@@ -165,7 +165,7 @@ class BlockAttentionLLM(CustomLLM):
         if system is not None:
             split = split_prompt(system)
             blocks += split.blocks
-            system = split.rest or None if split.blocks else system
+            system = (split.rest or None) if split.blocks else system
         split = split_prompt(question)
         blocks += split.blocks
         question = split.rest
