@@ -71,10 +71,9 @@ def build_model(model: str | None, *, quick: bool, dtype: torch.dtype, device: s
     from transformers import AutoModelForCausalLM
 
     if model:
-        from transformers import AutoTokenizer
+        from block_attention.models import load_pretrained
 
-        tok = AutoTokenizer.from_pretrained(model)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attn_implementation)
+        lm, tok = load_pretrained(model, dtype=dtype, model_kwargs={"attn_implementation": attn_implementation})
         desc = {"name": model, "weights": "pretrained"}
     else:
         from block_attention.testing import tiny_config, tiny_tokenizer

@@ -72,6 +72,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, ti
 
 
 @pytest.fixture(scope="session")
+def corpus() -> dict[str, str]:
+    """:data:`CORPUS` (file name -> Markdown text)."""
+    return dict(CORPUS)
+
+
+@pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
     for name, text in CORPUS.items():

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", default=default_model(),
-                        help="tiny-random (offline default), tiny-block-ft, a local dir or a Hugging Face id")
+                        help="tiny-random (offline default), a packaged checkpoint, a local dir or a Hugging Face id")
         sp.add_argument("--mode", choices=["block", "full"], default="block")
         sp.add_argument("--device", default=None, help="cpu, cuda, ... (default: where the model loads)")
         sp.add_argument("--cache-dir", default=None, help="KV cache directory (default: <index>/kv_cache)")

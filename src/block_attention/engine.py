@@ -105,16 +105,15 @@ class BlockAttentionEngine:
                         store: KVStore | StoreConfig | None | bool = None, dtype: Any = "auto",
                         device: str | None = None, attn_implementation: str | None = None,
                         **model_kwargs: Any) -> "BlockAttentionEngine":
-        """Load a causal LM and its tokenizer (local path or hub id) and wrap them."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load a causal LM and its tokenizer (local path or hub id) and wrap them (via models.load_pretrained).
 
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained``."""
+        from .models import load_pretrained
+
         kwargs = dict(model_kwargs)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
-        if device:
-            model = model.to(device)
+        model, tokenizer = load_pretrained(name_or_path, dtype=dtype, device=device, model_kwargs=kwargs)
         return cls(model, tokenizer, config=config, store=store)
 
     # -- lifecycle -------------------------------------------------------------------------------------------

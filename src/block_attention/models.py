@@ -1,29 +1,45 @@
 """Resolving a model name for the CLI, pipeline and examples into a ready engine.
 
 Built-in offline names (no download): ``tiny-random`` (a seeded random tiny Llama: every code path is real, the
-answers are gibberish) and ``tiny-block-ft`` (a tiny model block-fine-tuned by ``block_attention.finetune`` on a
-synthetic corpus, shipped in the package when present). Anything else is a local directory or a Hugging Face id
-loaded with transformers (online, or from the local HF cache).
+answers are gibberish) and every checkpoint shipped under ``block_attention/data`` (:data:`PACKAGED_CHECKPOINTS`).
+Anything else is a local directory or a Hugging Face id loaded with transformers (online, or from the local HF
+cache).
+
+:func:`load_engine` is the library's one engine factory (CLI, both framework integrations, benchmarks, demo);
+:func:`load_pretrained` is the one place transformers' loaders are called (the engine's ``from_pretrained``,
+benchmarks and fine-tuning use it). ``model_kwargs`` always means extra keyword arguments of
+``AutoModelForCausalLM.from_pretrained``.
 """
 
 from __future__ import annotations
 
-from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig
 from .engine import BlockAttentionEngine
 from .errors import BlockAttentionError, ModelLoadError
-from .store import StoreConfig
+from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
-BUILTIN_FINETUNED = "tiny-block-ft"
+# built-in name -> (folder under block_attention/data, one-line description); listed only when shipped
+PACKAGED_CHECKPOINTS: dict[str, tuple[str, str]] = {}
 
 
-def finetuned_checkpoint() -> Path | None:
-    path = Path(str(resources.files("block_attention") / "data" / "tiny_block_ft"))
+def packaged_checkpoint(name: str) -> Path | None:
+    """The folder of a built-in checkpoint shipped in this install, or None."""
+    if name not in PACKAGED_CHECKPOINTS:
+        return None
+    from .packaged import packaged_path
+
+    path = packaged_path(PACKAGED_CHECKPOINTS[name][0])
     return path if (path / "config.json").is_file() else None
+
+
+def builtin_names() -> tuple[str, ...]:
+    """Names :func:`load_engine` resolves offline, without a download."""
+    return (BUILTIN_RANDOM, *(n for n in PACKAGED_CHECKPOINTS if packaged_checkpoint(n) is not None))
 
 
 def default_model() -> str:
@@ -34,30 +50,60 @@ def describe_model(name: str) -> str:
     if name == BUILTIN_RANDOM:
         return ("tiny-random: a 0.1M-parameter Llama with seeded random weights, built offline. Retrieval, caching "
                 "and timings are real; the generated text is gibberish.")
-    if name == BUILTIN_FINETUNED:
-        return "tiny-block-ft: a tiny model block-fine-tuned on the packaged synthetic corpus (see docs)."
+    if name in PACKAGED_CHECKPOINTS:
+        return f"{name}: {PACKAGED_CHECKPOINTS[name][1]}"
     return name
 
 
-def load_engine(name: str, *, cache_dir: str | Path | None = None, memory_bytes: int = 1 << 30,
-                disk_bytes: int = 20 << 30, config: EngineConfig | None = None, device: str | None = None,
-                dtype: Any = "auto") -> BlockAttentionEngine:
-    """An engine for model ``name`` with a memory tier and, when ``cache_dir`` is given, a disk tier there."""
-    store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
-                        disk_bytes=disk_bytes)
+def load_pretrained(name_or_path: str, *, dtype: Any = "auto", device: str | None = None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a local folder or hub id: the one place the library calls transformers' loaders.
+
+    ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (e.g.
+    ``attn_implementation``, ``revision``, ``trust_remote_code``, ``quantization_config``); nothing else.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(model_kwargs or {})
+    if "dtype" in kwargs or "device" in kwargs:
+        raise ModelLoadError("Pass dtype= and device= as their own arguments, not inside model_kwargs (model_kwargs "
+                             "are extra keyword arguments of AutoModelForCausalLM.from_pretrained).")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    if device:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
+def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None, config: EngineConfig | None = None,
+                device: str | None = None, dtype: Any = "auto", model_kwargs: Mapping[str, Any] | None = None,
+                cache_dir: str | Path | None = None, memory_bytes: int = 1 << 30,
+                disk_bytes: int = 20 << 30) -> BlockAttentionEngine:
+    """THE engine factory (CLI, integrations, benchmarks, demo): an engine for model ``name``.
+
+    ``name`` is a built-in offline model (:func:`builtin_names`), a local folder or a hub id.
+    ``store``: a :class:`KVStore` or :class:`StoreConfig` (or ``False`` for none); when omitted, a memory tier of
+    ``memory_bytes`` and, when ``cache_dir`` is given, a disk tier of ``disk_bytes`` there. ``model_kwargs``: extra
+    keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (ignored by ``tiny-random``, which is built
+    from a config).
+    """
+    if store is None:
+        store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
+                            disk_bytes=disk_bytes)
     if name == BUILTIN_RANDOM:
         from .testing import tiny_model, tiny_tokenizer
 
         model = tiny_model("llama", seed=0)
         return BlockAttentionEngine(model if device is None else model.to(device), tiny_tokenizer(), config, store)
-    if name == BUILTIN_FINETUNED:
-        path = finetuned_checkpoint()
+    if name in PACKAGED_CHECKPOINTS:
+        path = packaged_checkpoint(name)
         if path is None:
-            raise ModelLoadError("The tiny-block-ft checkpoint is not packaged in this install; use --model tiny-random "
-                                 "or a Hugging Face model id.")
+            raise ModelLoadError(f"The {name} checkpoint is not packaged in this install; use --model "
+                                 f"{BUILTIN_RANDOM} or a Hugging Face model id.")
         name = str(path)
     try:
-        return BlockAttentionEngine.from_pretrained(name, config=config, store=store, dtype=dtype, device=device)
+        return BlockAttentionEngine.from_pretrained(name, config=config, store=store, dtype=dtype, device=device,
+                                                    **dict(model_kwargs or {}))
     except BlockAttentionError:
         raise
     except (OSError, ValueError, KeyError) as exc:

@@ -5,7 +5,9 @@ Public names (imported on first use, so ``import langchain_block_attention`` loa
 * :class:`BlockAttentionLLM` and :class:`ChatBlockAttention`: models taking ``documents=[Document, ...]`` per call.
 * :class:`BlockAttentionRetriever`: a LangChain retriever over a ``block_attention`` Faiss index directory.
 * :func:`create_block_attention_rag_chain` and :func:`create_block_attention_combine_chain`: LCEL chains.
-* :data:`BLOCK_SEPARATOR` and :data:`BLOCK_PROMPT`: flat-prompt block separation for ``create_stuff_documents_chain``.
+* :func:`format_docs`: the drop-in ``format_docs`` of LangChain's RAG tutorial (one block per document, keyed by id).
+* :func:`create_stuff_documents_chain`: drop-in for ``langchain_classic``'s, keeping each document a block.
+* :data:`BLOCK_SEPARATOR` and :data:`BLOCK_PROMPT`: the older flat-prompt block separation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _EXPORTS = {
     "BLOCK_SEPARATOR": "documents",
     "BLOCK_PROMPT": "documents",
     "to_blocks": "documents",
+    "format_docs": "documents",
+    "create_stuff_documents_chain": "chains",
 }
 __all__ = sorted(_EXPORTS)
 

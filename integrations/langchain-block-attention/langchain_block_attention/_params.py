@@ -3,21 +3,27 @@
 Contract:
 
 * The engine is either injected (``engine=BlockAttentionEngine(...)``; several LangChain objects may share one
-  engine and so one KV cache) or loaded lazily from ``model`` on first use, once, under a lock:
-  ``BlockAttentionEngine.from_pretrained(model, **model_kwargs)`` for a hub id or local path, or
-  ``block_attention.models.load_engine`` for the library's offline built-ins (``"tiny-random"``). Constructing a
-  LangChain object never loads weights.
+  engine and so one KV cache) or loaded lazily from ``model`` on first use, once, under a lock, by the library's
+  one factory ``block_attention.models.load_engine(model, device=, dtype=, store=, model_kwargs=)`` (built-in
+  offline names such as ``"tiny-random"``, local folders, hub ids; ``model_kwargs`` are extra keyword arguments of
+  ``AutoModelForCausalLM.from_pretrained``). Constructing a LangChain object never loads weights; an unloaded
+  model survives ``copy.deepcopy`` and pickling (a loaded one is shared by deep copies and reloaded after
+  unpickling).
+* ``get_num_tokens``/``get_token_ids`` use the engine's tokenizer (loading the engine if needed).
 * Decoding is greedy unless ``temperature > 0`` (then seeded sampling with ``top_p``/``top_k``/``seed``).
   ``max_tokens`` is the number of new tokens. ``stop`` given to a call replaces the instance's ``stop``.
 * Calls without documents and without an explicit instruction render no instruction (the engine's default one is
   about reference documents); calls with documents use ``instruction`` or the engine's default.
 * Per-call keyword arguments (``invoke(..., documents=[...], mode="full")`` or ``.bind(...)``) are parsed by
-  :func:`parse_call_options`; an unknown one raises ``ValueError`` naming the valid ones.
+  :func:`parse_call_options`; an unknown one raises ``ValueError`` naming the valid ones. ``model=`` per call is
+  accepted when it names this instance's model and otherwise raises (one instance serves one model).
+* A prompt with no blocks that evidently carries flattened retrieved context logs one warning per instance
+  saying how to keep per-document caching (:data:`block_attention.integration.markers.FLAT_CONTEXT_HINT`).
 """
 
 from __future__ import annotations
 
-import threading
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,12 +32,17 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
+from block_attention.integration.markers import FLAT_CONTEXT_HINT, looks_like_flat_context
+from block_attention.integration.options import engine_role, sampling_from
+from block_attention.integration.runtime import LazyEngine
+
 from .documents import to_blocks
 
 if TYPE_CHECKING:
     from block_attention import Block, BlockAttentionEngine, GenerationConfig
 
 DEFAULT_MODEL_NAME = "block-attention"
+logger = logging.getLogger("langchain_block_attention")
 
 # Keyword arguments LangChain itself may forward to a model call; they carry no request content.
 _FRAMEWORK_KWARGS = frozenset({"stream", "run_name", "run_id"})
@@ -46,7 +57,13 @@ class BlockAttentionParams(BaseModel):
     engine: Any = Field(default=None, exclude=True, repr=False)
     """An existing ``block_attention.BlockAttentionEngine`` to use (and share, with its KV cache)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of ``BlockAttentionEngine.from_pretrained`` (``dtype``, ``device``, ``store``, ...)."""
+    """Extra keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``)."""
+    device: str | None = None
+    """Device the lazily loaded model is moved to (``"cuda"``, ``"cpu"``); ``None`` keeps transformers' choice."""
+    dtype: str = "auto"
+    """Weights dtype of the lazily loaded model (``"auto"``, ``"bfloat16"``, ``"float32"``, ...)."""
+    store: Any = Field(default=None, exclude=True, repr=False)
+    """KV store of the lazily loaded engine: a ``KVStore`` or ``StoreConfig``; ``None``: a 1 GiB memory tier."""
     mode: Literal["block", "full"] | None = None
     """Attention mode of requests; ``None`` uses the engine's default (``"block"``)."""
     instruction: str | None = None
@@ -64,8 +81,8 @@ class BlockAttentionParams(BaseModel):
     streaming: bool = False
     """Chat model: stream internally on ``invoke`` (so callbacks see every token)."""
 
-    _loaded_engine: Any = PrivateAttr(default=None)
-    _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _holder: Any = PrivateAttr(default=None)
+    _warned_flat: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_source(self) -> "BlockAttentionParams":
@@ -79,23 +96,31 @@ class BlockAttentionParams(BaseModel):
                 f"engine must be a block_attention.BlockAttentionEngine, got {type(self.engine).__name__}; build one "
                 "with BlockAttentionEngine(model, tokenizer) or pass model='<path>' instead."
             )
+        load = {"model_kwargs": dict(self.model_kwargs), "device": self.device, "dtype": self.dtype}
+        if self.store is not None:
+            load["store"] = self.store
+        self._holder = LazyEngine(self.model, engine=self.engine, load_kwargs=load)
         return self
 
     # -- engine ------------------------------------------------------------------------------------------------
     def get_engine(self) -> BlockAttentionEngine:
         """The injected engine, or the one loaded from ``model`` (loaded on the first call, once)."""
-        if self.engine is not None:
-            return self.engine
-        if self._loaded_engine is None:
-            with self._engine_lock:
-                if self._loaded_engine is None:
-                    self._loaded_engine = load_engine(str(self.model), self.model_kwargs)
-        return self._loaded_engine
+        return self._holder.get()
 
     @property
     def engine_loaded(self) -> bool:
         """Whether the engine exists (injected, or already loaded from ``model``)."""
-        return self.engine is not None or self._loaded_engine is not None
+        return bool(self._holder.loaded)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the engine's tokenizer (no special tokens added)."""
+        return list(self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def warn_flat_context(self, text: str) -> None:
+        """Log :data:`FLAT_CONTEXT_HINT` once per instance when ``text`` evidently carries flattened context."""
+        if not self._warned_flat and looks_like_flat_context(text):
+            self._warned_flat = True
+            logger.warning("%s: %s", type(self).__name__, FLAT_CONTEXT_HINT)
 
     @property
     def model_name(self) -> str:
@@ -108,21 +133,10 @@ class BlockAttentionParams(BaseModel):
     # -- decoding ----------------------------------------------------------------------------------------------
     def generation_config(self, stop: Sequence[str] | None, options: "CallOptions") -> GenerationConfig:
         """The engine's :class:`GenerationConfig` for one call."""
-        from block_attention import GenerationConfig
-
-        temperature = options.get("temperature", self.temperature)
-        top_p = options.get("top_p", self.top_p)
-        top_k = options.get("top_k", self.top_k)
-        sample = temperature is not None and temperature > 0
-        return GenerationConfig(
-            max_new_tokens=int(options.get("max_tokens", self.max_tokens)),
-            do_sample=sample,
-            temperature=float(temperature) if sample else 1.0,
-            top_p=float(top_p) if sample and top_p is not None else 1.0,
-            top_k=int(top_k) if sample and top_k else 0,
-            seed=options.get("seed", self.seed),
-            stop=tuple(stop if stop is not None else (self.stop or ())),
-        )
+        return sampling_from(max_new_tokens=int(options.get("max_tokens", self.max_tokens)),
+                             temperature=options.get("temperature", self.temperature),
+                             top_p=options.get("top_p", self.top_p), top_k=options.get("top_k", self.top_k),
+                             seed=options.get("seed", self.seed), stop=stop if stop is not None else self.stop)
 
     def call_settings(self, options: "CallOptions", has_blocks: bool) -> dict[str, Any]:
         """``mode`` and ``system`` of one call (per-call values win over the instance's).
@@ -151,19 +165,6 @@ class BlockAttentionParams(BaseModel):
                 "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed}
 
 
-def load_engine(name: str, kwargs: Mapping[str, Any]) -> BlockAttentionEngine:
-    """The library's built-in offline models by name (``"tiny-random"``), else ``from_pretrained(name)``."""
-    from block_attention import BlockAttentionEngine
-
-    try:
-        from block_attention import models
-    except ImportError:  # older library without named built-in models
-        models = None  # type: ignore[assignment]
-    if models is not None and name in (models.BUILTIN_RANDOM, models.BUILTIN_FINETUNED):
-        return models.load_engine(name, **kwargs)
-    return BlockAttentionEngine.from_pretrained(name, **kwargs)
-
-
 @dataclass
 class CallOptions:
     """Per-call options: the documents (as blocks), chat history, and setting overrides."""
@@ -177,9 +178,15 @@ class CallOptions:
         return default if value is None else value
 
 
-def parse_call_options(kwargs: Mapping[str, Any]) -> CallOptions:
+def parse_call_options(kwargs: Mapping[str, Any], model_name: str | None = None) -> CallOptions:
     """Read ``documents``, ``history`` and setting overrides from a call's keyword arguments."""
-    unknown = sorted(k for k in kwargs if k not in _OVERRIDES and k not in ("documents", "history")
+    model = kwargs.get("model")
+    if model is not None and model != model_name:
+        raise ValueError(
+            f"This block-attention model serves {model_name!r}, so a per-call model={model!r} cannot be honoured; "
+            "build another instance for that model (e.g. ChatBlockAttention(model=...)) and route to it."
+        )
+    unknown = sorted(k for k in kwargs if k not in _OVERRIDES and k not in ("documents", "history", "model")
                      and k not in _FRAMEWORK_KWARGS and not k.startswith("ls_"))
     if unknown:
         raise ValueError(
@@ -196,11 +203,11 @@ def history_turns(history: Sequence[Any] | None) -> list[dict[str, str]]:
     turns: list[dict[str, str]] = []
     for item in history or ():
         if isinstance(item, BaseMessage):
-            role, content = _ROLES.get(item.type), item.text
+            role, content = engine_role(item.type), item.text
         elif isinstance(item, Mapping):
-            role, content = _ROLES.get(str(item.get("role"))), item.get("content")
+            role, content = engine_role(item.get("role")), item.get("content")
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            role, content = _ROLES.get(str(item[0])), item[1]
+            role, content = engine_role(item[0]), item[1]
         else:
             role, content = None, None
         if role is None or not isinstance(content, str):
@@ -211,5 +218,3 @@ def history_turns(history: Sequence[Any] | None) -> list[dict[str, str]]:
         turns.append({"role": role, "content": str(content)})
     return turns
 
-
-_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}

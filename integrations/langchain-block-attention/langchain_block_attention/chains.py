@@ -10,6 +10,13 @@ Contract:
 * :func:`create_block_attention_rag_chain` returns ``question -> retriever -> llm(documents=...)`` as one LCEL
   chain. Its input is a question string or a dict with ``"question"`` (and optionally ``"chat_history"``); its output
   is a dict with ``question``, ``context`` (the retrieved documents, i.e. the sources) and ``answer``.
+* :func:`create_stuff_documents_chain` is a drop-in for ``langchain_classic``'s function of that name (same
+  arguments, same ``Runnable[dict, output]`` shape): the documents are rendered with block markers
+  (:func:`~langchain_block_attention.format_docs`, or ``document_prompt`` inside each marker) and joined with
+  ``document_separator``, so the model caches each document as its own block keyed by its id. Use it with any
+  ``prompt`` that has a ``{context}`` variable, e.g. inside ``create_retrieval_chain``. ``keep_message=True``
+  returns the model's message itself (for a chat model an ``AIMessage`` whose ``response_metadata
+  ["block_attention"]`` holds the request stats) instead of parsing it to a string.
 * ``llm`` is a :class:`~langchain_block_attention.BlockAttentionLLM` or
   :class:`~langchain_block_attention.ChatBlockAttention` (optionally wrapped by ``.bind``/``.with_config``); a chat
   model receives ``[*chat_history, HumanMessage(question)]``, a completion LLM the question with ``history=``.
@@ -23,7 +30,8 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, convert_to_messages
-from langchain_core.output_parsers import StrOutputParser
+from langchain_core.output_parsers import BaseOutputParser, StrOutputParser
+from langchain_core.prompts import BasePromptTemplate, format_document
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
 
@@ -51,6 +59,38 @@ def create_block_attention_combine_chain(llm: Runnable[Any, Any], *, question_ke
         return RunnableLambda(lambda _: prompt, name="block_attention_prompt") | bound | StrOutputParser()
 
     return RunnableLambda(route, name="block_attention_answer")
+
+
+def create_stuff_documents_chain(llm: Runnable[Any, Any], prompt: BasePromptTemplate, *,
+                                 output_parser: BaseOutputParser | None = None,
+                                 document_prompt: BasePromptTemplate | None = None,
+                                 document_separator: str = "\n\n",
+                                 document_variable_name: str = "context",
+                                 keep_message: bool = False) -> Runnable[dict[str, Any], Any]:
+    """``langchain_classic.chains.combine_documents.create_stuff_documents_chain`` keeping each document a block."""
+    from block_attention import Block
+    from block_attention.integration.markers import format_blocks
+
+    from .documents import to_blocks
+
+    if document_variable_name not in prompt.input_variables:
+        raise ValueError(
+            f"The prompt must have a {{{document_variable_name}}} variable for the documents; it has "
+            f"{prompt.input_variables}. Add it or set document_variable_name."
+        )
+
+    def format_docs(inputs: Mapping[str, Any]) -> str:
+        blocks = to_blocks(inputs[document_variable_name])
+        if document_prompt is not None:
+            docs = [d for d in inputs[document_variable_name] if getattr(d, "page_content", "").strip()]
+            blocks = [Block(text=format_document(doc, document_prompt), doc_id=b.doc_id, title=b.title,
+                            score=b.score) for doc, b in zip(docs, blocks)]
+        return format_blocks(blocks, separator=document_separator)
+
+    return (
+        RunnablePassthrough.assign(**{document_variable_name: format_docs}).with_config(run_name="format_inputs")
+        | prompt | (llm if keep_message else llm | (output_parser or StrOutputParser()))
+    ).with_config(run_name="stuff_documents_chain")
 
 
 def create_block_attention_rag_chain(retriever: Runnable[str, list[Any]], llm: Runnable[Any, Any], *,

@@ -10,8 +10,16 @@ Contract:
   same convention as ``langchain-cohere``, or attached to the last human message as
   ``HumanMessage(question, additional_kwargs={"documents": [...]})``; kwarg documents come first. Each document is
   one cached block (see :mod:`langchain_block_attention.documents`).
+* Documents flattened into the messages by a prompt template keep their blocks when they were rendered with
+  :func:`~langchain_block_attention.format_docs` (block markers) or separated by
+  :data:`~langchain_block_attention.BLOCK_SEPARATOR`: the marked blocks of the system and human messages are taken
+  out (in message order, after the kwarg and attached documents) and the remaining text stays the instruction /
+  question. A system message that held nothing but blocks leaves the instruction to the ``instruction`` field or
+  the engine's default. A prompt with no blocks that evidently carries flattened context logs one warning per
+  instance saying how to keep the cache benefit.
 * The reply is an ``AIMessage`` with ``usage_metadata`` (prompt and new tokens) and ``response_metadata`` holding
-  ``finish_reason``, ``model_name`` and ``block_attention`` (the engine's request stats: cache hits, misses, TTFT).
+  ``finish_reason``, ``model_name`` and ``block_attention`` (the engine's request stats: cache hits per tier,
+  misses, TTFT, dropped ids), so chains such as ``create_retrieval_chain`` expose them in their output message.
   Streaming yields one chunk per text piece and a last empty chunk carrying that metadata.
 * Text only: tool calling, structured output and multimodal content are not supported (a non-text content block
   raises ``ValueError``).
@@ -28,6 +36,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables.config import run_in_executor
+
+from block_attention.integration.markers import split_prompt
+from block_attention.integration.runtime import iterate_in_thread, stats_metadata
 
 from ._params import BlockAttentionParams, history_turns, parse_call_options
 from .documents import to_blocks
@@ -53,9 +64,20 @@ class ChatBlockAttention(BlockAttentionParams, BaseChatModel):
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None,
                  kwargs: dict[str, Any]) -> tuple[BlockAttentionEngine, dict[str, Any]]:
-        options = parse_call_options(kwargs)
+        options = parse_call_options(kwargs, self.model_name)
         system, turns, question, attached = split_messages(messages)
         blocks = options.blocks + to_blocks(attached)
+        if system is not None:
+            split = split_prompt(system)
+            if split.blocks:
+                blocks += split.blocks
+                system = split.rest or None
+        split = split_prompt(question)
+        if split.blocks:
+            blocks += split.blocks
+            question = split.rest
+        if not blocks:
+            self.warn_flat_context("\n\n".join([system or "", question]))
         settings = self.call_settings(options, bool(blocks))
         if system is not None:
             settings["system"] = system
@@ -89,9 +111,7 @@ class ChatBlockAttention(BlockAttentionParams, BaseChatModel):
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         engine, request = await run_in_executor(None, self._request, messages, stop, kwargs)
         stream = engine.stream(**request)
-        pieces = iter(stream)
-        done = object()
-        while (piece := await run_in_executor(None, next, pieces, done)) is not done:
+        async for piece in iterate_in_thread(iter(stream)):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
@@ -101,7 +121,7 @@ class ChatBlockAttention(BlockAttentionParams, BaseChatModel):
 
     def _response_metadata(self, result: EngineGeneration) -> dict[str, Any]:
         return {"finish_reason": result.finish_reason, "model_name": self.model_name,
-                "block_attention": result.stats.as_dict()}
+                "block_attention": stats_metadata(result.stats)}
 
     def _last_chunk(self, result: EngineGeneration) -> ChatGenerationChunk:
         message = AIMessageChunk(content="", usage_metadata=_usage(result),

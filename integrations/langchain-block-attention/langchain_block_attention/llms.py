@@ -4,22 +4,30 @@ Contract:
 
 * The prompt string is the final block (the question). Documents are passed per call as
   ``llm.invoke(question, documents=[Document, ...])`` (or ``llm.bind(documents=...)``); each document is one
-  cached block keyed by its id (see :mod:`langchain_block_attention.documents`). A flat prompt may also carry blocks
-  separated by :data:`~langchain_block_attention.documents.BLOCK_SEPARATOR` (for ``create_stuff_documents_chain``);
-  they follow the ``documents`` blocks. Without documents or separators it is a plain local LLM (and gets no
+  cached block keyed by its id (see :mod:`langchain_block_attention.documents`). A prompt may also carry blocks
+  itself: documents rendered by :func:`~langchain_block_attention.format_docs` (block markers, keyed by document id)
+  or separated by :data:`~langchain_block_attention.BLOCK_SEPARATOR`; they follow the ``documents`` blocks and the
+  rest of the prompt is the final block. Without documents or markers it is a plain local LLM (and gets no
   instruction unless ``instruction`` is set).
 * Other per-call options: ``history`` (earlier chat turns), ``mode``, ``instruction``, ``max_tokens``,
   ``temperature``, ``top_p``, ``top_k``, ``seed``; ``stop`` is honoured (output cut before the first stop string).
+* LangChain's LLM cache (``set_llm_cache``/``cache=``) keys on the prompt and the model settings only; this class
+  adds every per-call option (documents by id and text digest, history, overrides) to the cache key, so a cached
+  answer is only ever reused for the same documents and options.
 * ``invoke``/``batch``/``stream`` and their async forms all work; streaming reports each text piece to
   ``on_llm_new_token`` and ends with an empty chunk whose ``generation_info`` holds ``finish_reason`` and the
-  engine's request ``stats`` (cache hits/misses, TTFT). Non-streamed generations carry the same ``generation_info``.
+  engine's request ``stats`` (cache hits/misses per tier, TTFT, dropped ids). Non-streamed generations carry the
+  same ``generation_info``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from block_attention.integration.runtime import iterate_in_thread, stats_metadata
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
@@ -31,6 +39,8 @@ from .documents import split_prompt, to_blocks
 if TYPE_CHECKING:
     from block_attention import BlockAttentionEngine
     from block_attention.engine import Generation as EngineGeneration
+
+_CALL_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("block_attention_call_key", default=None)
 
 
 class BlockAttentionLLM(BlockAttentionParams, BaseLLM):
@@ -47,12 +57,40 @@ class BlockAttentionLLM(BlockAttentionParams, BaseLLM):
     def _llm_type(self) -> str:
         return "block-attention"
 
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        params = self._identifying()
+        call_key = _CALL_KEY.get()
+        if call_key is not None:
+            params["call_options"] = call_key
+        return params
+
+    # LangChain builds the LLM cache key from _identifying_params inside generate(): the per-call options are put
+    # there for the duration of the call (a context variable, so concurrent calls never see each other's).
+    def generate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
+                 **kwargs: Any) -> LLMResult:
+        token = _CALL_KEY.set(call_options_key(kwargs))
+        try:
+            return super().generate(prompts, stop=stop, callbacks=callbacks, **kwargs)
+        finally:
+            _CALL_KEY.reset(token)
+
+    async def agenerate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
+                        **kwargs: Any) -> LLMResult:
+        token = _CALL_KEY.set(call_options_key(kwargs))
+        try:
+            return await super().agenerate(prompts, stop=stop, callbacks=callbacks, **kwargs)
+        finally:
+            _CALL_KEY.reset(token)
+
     def _request(self, prompt: str, stop: list[str] | None,
                  kwargs: dict[str, Any]) -> tuple[BlockAttentionEngine, dict[str, Any]]:
-        options = parse_call_options(kwargs)
-        texts, question = split_prompt(prompt)
-        blocks = options.blocks + to_blocks(texts)
-        request = dict(blocks=blocks, question=question, history=options.history,
+        options = parse_call_options(kwargs, self.model_name)
+        split = split_prompt(prompt)
+        blocks = options.blocks + list(split.blocks)
+        if not blocks:
+            self.warn_flat_context(prompt)
+        request = dict(blocks=blocks, question=split.rest, history=options.history,
                        generation=self.generation_config(stop, options), **self.call_settings(options, bool(blocks)))
         return self.get_engine(), request
 
@@ -82,9 +120,7 @@ class BlockAttentionLLM(BlockAttentionParams, BaseLLM):
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
         engine, request = await run_in_executor(None, self._request, prompt, stop, kwargs)
         stream = engine.stream(**request)
-        pieces = iter(stream)
-        done = object()
-        while (piece := await run_in_executor(None, next, pieces, done)) is not done:
+        async for piece in iterate_in_thread(iter(stream)):
             chunk = GenerationChunk(text=piece)
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
@@ -93,6 +129,23 @@ class BlockAttentionLLM(BlockAttentionParams, BaseLLM):
         yield GenerationChunk(text="", generation_info=generation_info(stream.result))
 
 
+def call_options_key(kwargs: dict[str, Any]) -> str | None:
+    """A digest of a call's request options (documents by key and text, history, overrides); ``None`` if none."""
+    relevant = {k: v for k, v in kwargs.items() if k not in ("run_name", "run_id", "stream") and v is not None}
+    if not relevant:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(relevant):
+        value = relevant[name]
+        digest.update(name.encode() + b"\0")
+        if name == "documents":
+            for block in to_blocks(value):
+                digest.update(f"{block.key}\0{block.title}\0{block.score}\0{block.text}\0".encode())
+        else:
+            digest.update(repr(value).encode() + b"\0")
+    return digest.hexdigest()
+
+
 def generation_info(result: EngineGeneration) -> dict[str, Any]:
     """What LangChain outputs carry about one engine generation."""
-    return {"finish_reason": result.finish_reason, "stats": result.stats.as_dict()}
+    return {"finish_reason": result.finish_reason, "stats": stats_metadata(result.stats)}

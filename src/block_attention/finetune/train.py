@@ -203,10 +203,9 @@ def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load a causal LM (sdpa attention) and its tokenizer from a local directory or the hub cache."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..models import load_pretrained
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+    model, tokenizer = load_pretrained(name_or_path, dtype=dtype, model_kwargs={"attn_implementation": "sdpa"})
     return model, tokenizer
 
 

@@ -6,6 +6,8 @@ Public names (imported on first use, so importing the package loads neither torc
 * :class:`BlockAttentionSynthesizer`: a response synthesizer giving each retrieved node its own cached block.
 * :class:`BlockAttentionIndexRetriever`: a retriever over a ``block_attention`` Faiss index folder.
 * :func:`node_to_block` / :func:`to_blocks`: the node -> block mapping (key ``node_id:hash``).
+* :class:`BlockMarkers`: node postprocessor that keeps nodes as blocks in LlamaIndex's stock query and chat engines
+  (``node_postprocessors=[BlockMarkers()]``); :func:`block_query_engine` wraps ``as_query_engine`` with it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ _EXPORTS = {
     "BlockAttentionSynthesizer": "synthesizer",
     "BlockAttentionIndexRetriever": "retriever",
     "node_to_block": "blocks",
-    "node_key": "blocks",
+    "node_key": "markers",
+    "BlockMarkers": "markers",
+    "BlockMarkedNode": "markers",
+    "block_query_engine": "markers",
     "to_blocks": "blocks",
 }
 __all__ = sorted(_EXPORTS)

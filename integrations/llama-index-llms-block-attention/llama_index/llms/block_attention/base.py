@@ -3,9 +3,11 @@
 Contract:
 
 * The engine is injected (``BlockAttentionLLM(engine=BlockAttentionEngine(...))``; objects sharing an engine share
-  its KV cache) or loaded lazily from ``model_name`` on first use, once: ``BlockAttentionEngine.from_pretrained(
-  model_name, **model_kwargs)`` for a hub id or local path, ``block_attention.models.load_engine`` for the
-  library's offline built-ins (``"tiny-random"``). Construction never loads weights.
+  its KV cache) or loaded lazily from ``model_name`` on first use, once, by the library's one factory
+  ``block_attention.models.load_engine(model_name, device=, dtype=, store=, model_kwargs=)`` (built-in offline
+  names such as ``"tiny-random"``, local folders, hub ids; ``model_kwargs`` are extra keyword arguments of
+  ``AutoModelForCausalLM.from_pretrained``). Construction never loads weights; an unloaded LLM survives
+  ``copy.deepcopy`` and pickling.
 * ``metadata``: ``context_window`` is the model's ``max_position_embeddings`` (the engine's ``max_positions``; read
   from the model config without loading weights while the engine is not loaded) unless overridden,
   ``num_output`` is ``max_new_tokens``, ``model_name`` the model path/id (or the engine model's name).
@@ -14,17 +16,21 @@ Contract:
   (``blocks`` first). Without them it is a plain local LLM and, unless ``instruction`` is set, gets no instruction
   (the engine's default one is about reference documents). Other per-call options: ``history``, ``mode``,
   ``instruction``, ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``. The prompt is
-  always rendered by the engine's prompt template, so ``formatted`` is accepted and ignored.
+  always rendered by the engine's prompt template, so ``formatted`` is accepted and ignored. A prompt carrying
+  block markers (nodes marked by :class:`~llama_index.llms.block_attention.BlockMarkers` inside a stock query or
+  chat engine) is split back into one cached block per node (after ``blocks``/``nodes``); the rest of the prompt is
+  the question. A prompt that evidently carries flattened context but no markers logs one warning per instance.
 * ``chat(messages)``: system messages become the instruction, earlier turns the history, the last user message
   the question. Responses carry ``additional_kwargs = {"finish_reason", "stats"}`` (the engine's request stats:
-  cache hits/misses, TTFT); a stream's last item (empty ``delta``) carries them.
+  cache hits/misses, TTFT); a stream's last item (empty ``delta``) carries them. Inside a synthesis the stats also
+  reach ``Response.metadata["block_attention"]`` (see :mod:`llama_index.llms.block_attention.markers`).
 * Decoding is greedy unless ``temperature > 0``. Async methods run the engine in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +49,12 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from block_attention.integration.markers import FLAT_CONTEXT_HINT, looks_like_flat_context, split_prompt
+from block_attention.integration.options import engine_role, sampling_from
+from block_attention.integration.runtime import LazyEngine, iterate_in_thread, stats_metadata
+
 from .blocks import to_blocks
+from .markers import current_synthesis, register_stats_handler
 
 if TYPE_CHECKING:
     from block_attention import BlockAttentionEngine, GenerationConfig
@@ -52,8 +63,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_NAME = "block-attention"
 _OPTIONS = ("nodes", "blocks", "history", "mode", "instruction", "max_new_tokens", "temperature", "top_p", "top_k",
             "seed", "stop", "formatted")
-_ROLES = {MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant",
-          MessageRole.MODEL: "assistant", MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system"}
+logger = logging.getLogger("llama_index.llms.block_attention")
 
 
 class BlockAttentionLLM(CustomLLM):
@@ -63,7 +73,9 @@ class BlockAttentionLLM(CustomLLM):
         default=None, description="Hub id or local path of a causal LM, loaded on first use; with engine=, the "
                                   "reported model name only.")
     model_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                         description="Keyword arguments of BlockAttentionEngine.from_pretrained.")
+                                         description="Extra keyword arguments of AutoModelForCausalLM.from_pretrained.")
+    device: str | None = Field(default=None, description="Device the lazily loaded model is moved to.")
+    dtype: str = Field(default="auto", description="Weights dtype of the lazily loaded model.")
     max_new_tokens: int = Field(default=256, ge=1, description="Maximum number of new tokens.")
     context_window: int | None = Field(default=None, description="Override of the model's context window.")
     mode: Literal["block", "full"] | None = Field(default=None, description="Attention mode; None: the engine's.")
@@ -74,11 +86,11 @@ class BlockAttentionLLM(CustomLLM):
     seed: int | None = None
     stop: list[str] | None = Field(default=None, description="Stop strings; output is cut before the first one.")
 
-    _engine: Any = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _holder: Any = PrivateAttr(default=None)
     _max_positions: int | None = PrivateAttr(default=None)
+    _warned_flat: bool = PrivateAttr(default=False)
 
-    def __init__(self, *, engine: BlockAttentionEngine | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, engine: BlockAttentionEngine | None = None, store: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if engine is None and not self.model_name:
             raise ValueError(
@@ -90,7 +102,11 @@ class BlockAttentionLLM(CustomLLM):
                 f"engine must be a block_attention.BlockAttentionEngine, got {type(engine).__name__}; build one with "
                 "BlockAttentionEngine(model, tokenizer) or pass model_name='<path>' instead."
             )
-        self._engine = engine
+        load = {"model_kwargs": dict(self.model_kwargs), "device": self.device, "dtype": self.dtype}
+        if store is not None:
+            load["store"] = store
+        self._holder = LazyEngine(self.model_name, engine=engine, load_kwargs=load)
+        register_stats_handler()
 
     @classmethod
     def class_name(cls) -> str:
@@ -100,21 +116,17 @@ class BlockAttentionLLM(CustomLLM):
     @property
     def engine(self) -> BlockAttentionEngine:
         """The engine (loaded from ``model_name`` on first access when none was injected)."""
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    self._engine = load_engine(str(self.model_name), self.model_kwargs)
-        return self._engine
+        return self._holder.get()
 
     @property
     def engine_loaded(self) -> bool:
-        return self._engine is not None
+        return bool(self._holder.loaded)
 
     @property
     def reported_model_name(self) -> str:
         if self.model_name:
             return self.model_name
-        name = getattr(getattr(getattr(self._engine, "model", None), "config", None), "name_or_path", "")
+        name = getattr(getattr(getattr(self._holder.current, "model", None), "config", None), "name_or_path", "")
         return name or DEFAULT_MODEL_NAME
 
     @property
@@ -123,7 +135,7 @@ class BlockAttentionLLM(CustomLLM):
                            num_output=self.max_new_tokens, model_name=self.reported_model_name, is_chat_model=False)
 
     def _context_positions(self) -> int:
-        if self._engine is not None or _is_builtin(str(self.model_name)):
+        if self._holder.loaded or _is_builtin(str(self.model_name)):
             return int(self.engine.max_positions)
         if self._max_positions is None:
             from transformers import AutoConfig
@@ -134,21 +146,12 @@ class BlockAttentionLLM(CustomLLM):
 
     # -- requests ----------------------------------------------------------------------------------------------
     def _generation(self, options: Mapping[str, Any]) -> GenerationConfig:
-        from block_attention import GenerationConfig
-
         def pick(name: str) -> Any:
             value = options.get(name)
             return getattr(self, name) if value is None else value
 
-        temperature, top_p, top_k, stop = pick("temperature"), pick("top_p"), pick("top_k"), pick("stop")
-        sample = temperature is not None and temperature > 0
-        return GenerationConfig(
-            max_new_tokens=int(pick("max_new_tokens")), do_sample=sample,
-            temperature=float(temperature) if sample else 1.0,
-            top_p=float(top_p) if sample and top_p is not None else 1.0,
-            top_k=int(top_k) if sample and top_k else 0, seed=pick("seed"),
-            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-        )
+        return sampling_from(max_new_tokens=int(pick("max_new_tokens")), temperature=pick("temperature"),
+                             top_p=pick("top_p"), top_k=pick("top_k"), seed=pick("seed"), stop=pick("stop"))
 
     def _request(self, question: str, options: Mapping[str, Any], system: str | None = None,
                  history: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
@@ -159,6 +162,16 @@ class BlockAttentionLLM(CustomLLM):
                 "(e.g. llm.complete(question, nodes=retrieved_nodes))."
             )
         blocks = to_blocks(options.get("nodes"), options.get("blocks"))
+        if system is not None:
+            split = split_prompt(system)
+            blocks += split.blocks
+            system = (split.rest or None) if split.blocks else system
+        split = split_prompt(question)
+        blocks += split.blocks
+        question = split.rest
+        if not blocks and not self._warned_flat and looks_like_flat_context(f"{system or ''}\n\n{question}"):
+            self._warned_flat = True
+            logger.warning("BlockAttentionLLM: %s", FLAT_CONTEXT_HINT)
         turns = [*_history(options.get("history")), *history]
         if system is None:
             system = options.get("instruction", self.instruction)
@@ -168,16 +181,27 @@ class BlockAttentionLLM(CustomLLM):
                     system=system, generation=self._generation(options))
 
     def _run(self, request: dict[str, Any]) -> Generation:
-        return self.engine.generate(**request)
+        collector = current_synthesis()
+        result = self.engine.generate(**request)
+        if collector is not None:
+            collector.add(result.stats)
+        return result
 
     def _stream(self, request: dict[str, Any]) -> Iterator[tuple[str, str, Generation | None]]:
         """``(text so far, delta, None)`` per piece, then ``(text, "", generation)`` once at the end."""
-        stream: TextStream = self.engine.stream(**request)
-        text = ""
-        for piece in stream:
-            text += piece
-            yield text, piece, None
-        yield text, "", stream.result
+        collector = current_synthesis()
+
+        def pieces() -> Iterator[tuple[str, str, Generation | None]]:
+            stream: TextStream = self.engine.stream(**request)
+            text = ""
+            for piece in stream:
+                text += piece
+                yield text, piece, None
+            if collector is not None and stream.result is not None:
+                collector.add(stream.result.stats)
+            yield text, "", stream.result
+
+        return pieces()
 
     # -- completion --------------------------------------------------------------------------------------------
     @llm_completion_callback()
@@ -186,10 +210,10 @@ class BlockAttentionLLM(CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        request = self._request(prompt, kwargs)
+        items = self._stream(self._request(prompt, kwargs))
 
         def gen() -> CompletionResponseGen:
-            for text, delta, result in self._stream(request):
+            for text, delta, result in items:
                 extra = _extra(result) if result is not None else {}
                 yield CompletionResponse(text=text, delta=delta, additional_kwargs=extra)
 
@@ -203,10 +227,10 @@ class BlockAttentionLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        request = self._request(prompt, kwargs)
+        items = self._stream(self._request(prompt, kwargs))
 
         async def gen() -> CompletionResponseAsyncGen:
-            async for text, delta, result in _in_thread(self._stream(request)):
+            async for text, delta, result in iterate_in_thread(items):
                 extra = _extra(result) if result is not None else {}
                 yield CompletionResponse(text=text, delta=delta, additional_kwargs=extra)
 
@@ -223,10 +247,10 @@ class BlockAttentionLLM(CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        request = self._chat_request(messages, kwargs)
+        items = self._stream(self._chat_request(messages, kwargs))
 
         def gen() -> ChatResponseGen:
-            for text, delta, result in self._stream(request):
+            for text, delta, result in items:
                 extra = _extra(result) if result is not None else {}
                 yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta,
                                    additional_kwargs=extra)
@@ -240,10 +264,10 @@ class BlockAttentionLLM(CustomLLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        request = self._chat_request(messages, kwargs)
+        items = self._stream(self._chat_request(messages, kwargs))
 
         async def gen() -> ChatResponseAsyncGen:
-            async for text, delta, result in _in_thread(self._stream(request)):
+            async for text, delta, result in iterate_in_thread(items):
                 extra = _extra(result) if result is not None else {}
                 yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta,
                                    additional_kwargs=extra)
@@ -252,26 +276,13 @@ class BlockAttentionLLM(CustomLLM):
 
 
 def _builtin_names() -> tuple[str, ...]:
-    try:
-        from block_attention import models
-    except ImportError:  # older library without named built-in models
-        return ()
-    return (models.BUILTIN_RANDOM, models.BUILTIN_FINETUNED)
+    from block_attention.models import builtin_names
+
+    return builtin_names()
 
 
 def _is_builtin(name: str) -> bool:
     return name in _builtin_names()
-
-
-def load_engine(name: str, kwargs: Mapping[str, Any]) -> BlockAttentionEngine:
-    """The library's built-in offline models by name (``"tiny-random"``), else ``from_pretrained(name)``."""
-    if _is_builtin(name):
-        from block_attention.models import load_engine as load_builtin
-
-        return load_builtin(name, **kwargs)
-    from block_attention import BlockAttentionEngine
-
-    return BlockAttentionEngine.from_pretrained(name, **kwargs)
 
 
 def split_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, list[dict[str, str]], str]:
@@ -284,7 +295,7 @@ def split_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, list[di
     system: list[str] = []
     turns: list[dict[str, str]] = []
     for message in messages[:-1]:
-        role = _ROLES.get(message.role)
+        role = engine_role(message.role)
         if role is None:
             raise ValueError(
                 f"BlockAttentionLLM does not support {message.role.value!r} messages (no tool calling); pass only "
@@ -300,8 +311,8 @@ def split_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, list[di
 def _history(history: Sequence[Any] | None) -> list[dict[str, str]]:
     turns = []
     for item in history or ():
-        if isinstance(item, ChatMessage) and _ROLES.get(item.role) in ("user", "assistant"):
-            turns.append({"role": _ROLES[item.role], "content": item.content or ""})
+        if isinstance(item, ChatMessage) and engine_role(item.role) in ("user", "assistant"):
+            turns.append({"role": str(engine_role(item.role)), "content": item.content or ""})
         elif isinstance(item, Mapping) and item.get("role") in ("user", "assistant") and isinstance(
                 item.get("content"), str):
             turns.append({"role": str(item["role"]), "content": str(item["content"])})
@@ -314,7 +325,7 @@ def _history(history: Sequence[Any] | None) -> list[dict[str, str]]:
 
 
 def _extra(result: Generation) -> dict[str, Any]:
-    return {"finish_reason": result.finish_reason, "stats": result.stats.as_dict()}
+    return {"finish_reason": result.finish_reason, "stats": stats_metadata(result.stats)}
 
 
 def _completion(result: Generation) -> CompletionResponse:
@@ -324,10 +335,3 @@ def _completion(result: Generation) -> CompletionResponse:
 def _chat(result: Generation) -> ChatResponse:
     return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
                         additional_kwargs=_extra(result))
-
-
-async def _in_thread(items: Iterator[Any]) -> Any:
-    """Iterate a blocking iterator from async code, one ``next`` per worker-thread hop."""
-    done = object()
-    while (item := await asyncio.to_thread(next, items, done)) is not done:
-        yield item

@@ -8,6 +8,8 @@ Contract:
   key and never reuses stale KV; an unchanged node hits the cache under the same key in every query.
 * ``NodeWithScore.score`` becomes the block score (used by the engine's ``drop_lowest`` overflow policy).
 * Nodes whose content is blank are skipped. ``blocks=`` items may be ``Block`` objects or plain strings.
+* The keying rules (including duplicate ids) are the core's :mod:`block_attention.integration.documents`; a
+  :class:`~llama_index.llms.block_attention.markers.BlockMarkedNode` is converted from its unmarked content.
 """
 
 from __future__ import annotations
@@ -15,27 +17,31 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from block_attention.integration.documents import DocumentRef, documents_to_blocks
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
+
+from .markers import BlockMarkedNode, node_key
 
 if TYPE_CHECKING:
     from block_attention import Block
 
 
-def node_key(node: BaseNode) -> str:
-    """The cache key of ``node``: its id and content hash."""
-    return f"{node.node_id}:{node.hash}"
-
-
 def node_to_block(item: NodeWithScore | BaseNode, metadata_mode: MetadataMode = MetadataMode.LLM) -> Block | None:
     """One node as a block (``None`` when its content is blank)."""
-    from block_attention import Block
+    ref = node_ref(item, metadata_mode)
+    blocks = documents_to_blocks([ref])
+    return blocks[0] if blocks else None
 
+
+def node_ref(item: NodeWithScore | BaseNode, metadata_mode: MetadataMode = MetadataMode.LLM) -> DocumentRef:
+    """One node as the core's :class:`DocumentRef` (key ``node_id:hash``; a marked node's content unmarked)."""
     node, score = (item.node, item.score) if isinstance(item, NodeWithScore) else (item, None)
-    text = node.get_content(metadata_mode=metadata_mode)
-    if not text.strip():
-        return None
-    return Block(text=text, doc_id=node_key(node), score=float(score) if score is not None else None,
-                 metadata={"node_id": node.node_id})
+    if isinstance(node, BlockMarkedNode):
+        text = node.plain_content(metadata_mode)
+    else:
+        text = node.get_content(metadata_mode=metadata_mode)
+    return DocumentRef(text=text, key=node_key(node), score=float(score) if score is not None else None,
+                       metadata={"node_id": node.node_id})
 
 
 def to_blocks(nodes: Iterable[NodeWithScore | BaseNode] | None = None, blocks: Iterable[Any] | None = None,
@@ -43,13 +49,12 @@ def to_blocks(nodes: Iterable[NodeWithScore | BaseNode] | None = None, blocks: I
     """``blocks`` (Blocks or strings) followed by ``nodes`` (NodeWithScore or nodes), as engine blocks."""
     from block_attention import Block
 
-    out: list[Block] = []
+    refs: list[DocumentRef | Block] = []
     for item in blocks or ():
         if isinstance(item, Block):
-            out.append(item)
+            refs.append(item)
         elif isinstance(item, str):
-            if item.strip():
-                out.append(Block(text=item))
+            refs.append(DocumentRef(text=item))
         else:
             raise TypeError(
                 f"blocks= items must be block_attention.Block or str, got {type(item).__name__}; pass LlamaIndex "
@@ -61,7 +66,5 @@ def to_blocks(nodes: Iterable[NodeWithScore | BaseNode] | None = None, blocks: I
                 f"nodes= items must be NodeWithScore or LlamaIndex nodes, got {type(item).__name__}; pass plain "
                 "texts with blocks=[...] instead."
             )
-        block = node_to_block(item, metadata_mode)
-        if block is not None:
-            out.append(block)
-    return out
+        refs.append(node_ref(item, metadata_mode))
+    return documents_to_blocks(refs)
