@@ -45,10 +45,11 @@ def describe_model(name: str) -> str:
 
 def load_engine(name: str, *, cache_dir: str | Path | None = None, memory_bytes: int = 1 << 30,
                 disk_bytes: int = 20 << 30, config: EngineConfig | None = None, device: str | None = None,
-                dtype: Any = "auto") -> BlockAttentionEngine:
-    """An engine for model ``name`` with a memory tier and, when ``cache_dir`` is given, a disk tier there."""
-    store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
-                        disk_bytes=disk_bytes)
+                dtype: Any = "auto", store: StoreConfig | None = None) -> BlockAttentionEngine:
+    """An engine for model ``name`` with a memory tier and, when ``cache_dir`` is given, a disk tier there
+    (``store``, when given, replaces ``cache_dir``/``memory_bytes``/``disk_bytes``: e.g. to add a remote tier)."""
+    store = store or StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
+                                 disk_bytes=disk_bytes)
     if name == BUILTIN_RANDOM:
         from .testing import tiny_model, tiny_tokenizer
 
