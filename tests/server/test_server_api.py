@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from block_attention.server import ServerSettings, ServerThread, create_app
-from conftest import DOCS, QUESTION, Served, as_blocks, metric
+from server_helpers import DOCS, QUESTION, Served, as_blocks, metric
 
 
 def chat(client: httpx.Client, **body: Any) -> httpx.Response:

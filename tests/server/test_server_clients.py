@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from block_attention.server import ServerSettings, ServerThread, create_app
-from conftest import DOCS, QUESTION, as_blocks
+from server_helpers import DOCS, QUESTION, as_blocks
 
 KEY = "client-key"
 

@@ -21,7 +21,7 @@ import redis
 
 from block_attention.store.redis_server import RedisProcess, free_port, redis_server_path
 from block_attention.store.remote import DEFAULT_PREFIX
-from conftest import as_blocks, metric
+from server_helpers import as_blocks, metric
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
