@@ -18,8 +18,9 @@ Contract:
   seconds (so a down server does not add a timeout to every request); the next call after that reconnects by
   itself and an INFO line says so.
   Bad values are deleted, logged and counted in ``corrupt_dropped``.
-* ``stats()`` reports ``entries`` as the Redis database's key count (``DBSIZE``; give the cache its own database
-  number) and ``nbytes`` as the server's ``used_memory``; both are 0 while Redis is unreachable.
+* ``stats()`` reports ``entries`` as the Redis database's key count (``DBSIZE``: every entry plus one index set
+  per document; give the cache its own database number) and ``nbytes`` as the server's ``used_memory``; both are 0
+  while Redis is unreachable.
 * Thread-safe: redis-py's connection pool hands each thread its own connection.
 """
 
