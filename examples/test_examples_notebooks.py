@@ -60,3 +60,13 @@ def test_notebook_runs(name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
     text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                      for output in cell.get("outputs", []))
     _check(f"{name}.ipynb", text)
+
+
+@pytest.mark.slow
+def test_remote_server_clients_example() -> None:
+    command = [sys.executable, str(EXAMPLES / "remote_server_clients.py"), "--max-tokens", str(MAX_TOKENS)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **OFFLINE})
+    assert result.returncode == 0, result.stderr[-4000:]
+    for expected in ("openai (first):", "cache hits 0/3", "openai (again):", "cache hits 3/3 {'memory': 3}",
+                     "langchain: ", "llama-index: "):
+        assert expected in result.stdout, result.stdout

@@ -38,3 +38,14 @@ def llama():
     from block_attention.testing import tiny_model
 
     return tiny_model("llama", seed=0)
+
+
+@pytest.fixture()
+def redis_proc():
+    """A private redis-server on a free loopback port, stopped after the test (skipped if not installed)."""
+    from block_attention.store.redis_server import RedisProcess, redis_server_path
+
+    if redis_server_path() is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server; .ci/run installs it)")
+    with RedisProcess() as proc:
+        yield proc

@@ -1,4 +1,4 @@
-"""The ``block-attention`` command line: ingest, ask, chat, cache, demo, eval.
+"""The ``block-attention`` command line: ingest, ask, chat, cache, demo, eval, serve.
 
 User mistakes (missing index, unknown model, empty corpus, bad options) end with one ``error: ...`` line and exit
 status 2, never a traceback. The KV cache of an index lives in ``<index>/kv_cache`` unless ``--cache-dir`` is given.
@@ -183,6 +183,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import EngineConfig
+    from .models import load_engine
+    from .server import ServerSettings, create_app, run_server
+    from .store import StoreConfig
+
+    cache_dir = _cache_dir(args)
+    store = StoreConfig(memory_bytes=args.memory_mib << 20, disk_dir=str(cache_dir) if cache_dir else None,
+                        remote_url=args.kv_remote, remote_ttl_s=args.kv_ttl)
+    api_key = args.api_key or os.environ.get("BLOCK_ATTENTION_API_KEY") or None
+    settings = ServerSettings(model_name=args.model, api_key=api_key, max_body_bytes=args.max_body_mib << 20,
+                              default_max_tokens=args.max_tokens, top_k=args.top_k)
+    retriever = None
+    if args.index:
+        from .retrieval import Retriever
+
+        retriever = Retriever.load(args.index)
+    engine = load_engine(args.model, config=EngineConfig(mode=args.mode), device=args.device, store=store)
+    try:
+        print(f"serving {args.model} on http://{args.host}:{args.port} (KV tiers: "
+              f"{', '.join(t.name for t in engine.store.tiers) if engine.store else 'none'}; "
+              f"API key {'required' if api_key else 'off'})", flush=True)
+        run_server(create_app(engine, settings, retriever=retriever), host=args.host, port=args.port,
+                   log_level=args.log_level)
+    finally:
+        engine.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import default_model
 
@@ -255,6 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-plot", action="store_true")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("serve", help="OpenAI-compatible HTTP server (documents in, KV reused across replicas)")
+    model_opts(sp)
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--kv-remote", default=None, metavar="URL",
+                    help="shared Redis KV tier, e.g. redis://:PASSWORD@10.0.0.5:6379/0")
+    sp.add_argument("--kv-ttl", type=int, default=None, metavar="SECONDS", help="expiry of remote KV entries")
+    sp.add_argument("--memory-mib", type=int, default=1024, help="memory KV tier budget (MiB)")
+    sp.add_argument("--index", default=None, help="retrieve from this index when a request sends no documents")
+    sp.add_argument("--top-k", type=int, default=4, help="passages retrieved per request with --index")
+    sp.add_argument("--api-key", default=None,
+                    help="require `Authorization: Bearer KEY` (or set BLOCK_ATTENTION_API_KEY)")
+    sp.add_argument("--max-tokens", type=int, default=256, help="completion length when a request sets none")
+    sp.add_argument("--max-body-mib", type=int, default=8, help="larger request bodies get 413")
+    sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sp.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Configuration of the KV store (memory LRU tier + optional disk tier).
+"""Configuration of the KV store (memory LRU tier + optional disk tier + optional remote Redis tier).
 
 :class:`StoreConfig` is frozen and validated when constructed: an invalid value raises
 :class:`~block_attention.errors.ConfigError` with a sentence that names the fix. Nothing here touches the disk or
@@ -32,6 +32,10 @@ class StoreConfig:
     * ``write_behind``: write new entries to the lower tiers (disk, remote) on a background thread instead of in
       the request; ``write_queue`` bounds the queue (when full, the request writes itself). ``KVStore.flush()``
       and ``close()`` wait for every queued write.
+    * ``remote_url``: Redis URL of the shared remote tier (``redis://[:PASSWORD@]HOST:PORT/DB``, ``rediss://`` for
+      TLS, ``unix://``); ``None`` disables it. ``remote_ttl_s``: optional expiry of remote entries (seconds);
+      ``remote_max_value_bytes``: larger entries are not written remotely; ``remote_timeout_s``: socket timeout
+      of every Redis call (a slow or down Redis costs at most this, then a miss).
     """
 
     memory_bytes: int = 2 * GiB
@@ -40,6 +44,10 @@ class StoreConfig:
     memory_device: str | None = None
     write_behind: bool = False
     write_queue: int = 256
+    remote_url: str | None = None
+    remote_ttl_s: int | None = None
+    remote_max_value_bytes: int = 256 * 1024**2
+    remote_timeout_s: float = 0.5
 
     def __post_init__(self) -> None:
         _check_memory_bytes(self.memory_bytes)
@@ -51,6 +59,7 @@ class StoreConfig:
         if not is_int(self.write_queue) or self.write_queue < 1:
             raise ConfigError(f"StoreConfig.write_queue must be a positive integer, got {self.write_queue!r}; pass "
                               "e.g. write_queue=256.")
+        _check_remote(self)
 
     @property
     def memory_enabled(self) -> bool:
@@ -59,6 +68,10 @@ class StoreConfig:
     @property
     def disk_enabled(self) -> bool:
         return self.disk_dir is not None
+
+    @property
+    def remote_enabled(self) -> bool:
+        return self.remote_url is not None
 
 
 def _check_memory_bytes(value: object) -> None:
@@ -113,3 +126,25 @@ def _check_memory_device(value: object) -> None:
             f"StoreConfig.memory_device {value!r} is not a valid torch device ({exc}); pass e.g. 'cpu' or "
             "'cuda:0', or None to keep tensors where they were produced."
         ) from None
+
+
+_REMOTE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _check_remote(cfg: StoreConfig) -> None:
+    url = cfg.remote_url
+    if url is not None and (not isinstance(url, str) or not url.startswith(_REMOTE_SCHEMES)):
+        raise ConfigError(f"StoreConfig.remote_url must be a Redis URL such as 'redis://127.0.0.1:6379/0', got "
+                          f"{url!r}; pass redis://[:PASSWORD@]HOST:PORT/DB, or None to disable the remote tier.")
+    ttl = cfg.remote_ttl_s
+    if ttl is not None and (not _is_int(ttl) or ttl < 1):
+        raise ConfigError(f"StoreConfig.remote_ttl_s must be a positive number of seconds or None, got {ttl!r}; "
+                          "pass e.g. remote_ttl_s=86400, or None to keep entries until Redis evicts them.")
+    cap = cfg.remote_max_value_bytes
+    if not _is_int(cap) or cap < 1024 or cap > 512 * 1024**2:
+        raise ConfigError(f"StoreConfig.remote_max_value_bytes must be an integer between 1 KiB and 512 MiB (Redis's "
+                          f"value limit), got {cap!r}; pass e.g. remote_max_value_bytes=256 * 1024**2.")
+    timeout = cfg.remote_timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ConfigError(f"StoreConfig.remote_timeout_s must be a number of seconds in (0, 60], got {timeout!r}; "
+                          "pass e.g. remote_timeout_s=0.5.")

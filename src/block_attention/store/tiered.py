@@ -108,12 +108,17 @@ class StoreStats(HitsByTier):
 
 
 def tiers_from_config(config: StoreConfig) -> list[KVTier]:
-    """The standard tiers a :class:`StoreConfig` asks for, fastest first: memory, then disk."""
+    """The standard tiers a :class:`StoreConfig` asks for, fastest first: memory, then disk, then remote (Redis)."""
     tiers: list[KVTier] = []
     if config.memory_enabled:
         tiers.append(MemoryTier(config.memory_bytes))
     if config.disk_dir is not None:
         tiers.append(DiskTier(config.disk_dir, config.disk_bytes))
+    if config.remote_url is not None:
+        from block_attention.store.remote import RedisTier  # needs the optional redis client
+
+        tiers.append(RedisTier(config.remote_url, ttl_s=config.remote_ttl_s,
+                               max_value_bytes=config.remote_max_value_bytes, timeout_s=config.remote_timeout_s))
     return tiers
 
 

@@ -1,0 +1,28 @@
+"""An OpenAI-compatible HTTP server for block attention: send documents with the request, get their KV reused.
+
+Contract:
+
+* ``POST /v1/chat/completions`` and ``POST /v1/completions`` take the OpenAI request schema plus ``documents``
+  (a list of ``{doc_id?, title?, text}``; OpenAI clients pass it through ``extra_body``) and ``mode``
+  (``"block"``, the default, or ``"full"``). Each document is one block whose KV is cached under its ``doc_id``
+  (or a digest of its text) in every tier of the engine's store, the shared Redis tier included. ``messages``:
+  system/developer -> instruction, earlier turns -> history, last user message -> question. ``stream: true``
+  answers with server-sent events in the OpenAI chunk format ending with ``data: [DONE]``. Responses carry
+  ``usage`` and a ``block_attention`` object (hits per tier, misses, TTFT, queue time, dropped ids).
+* ``temperature`` absent or 0 decodes greedily (same answer as the in-process engine); ``stop``,
+  ``max_tokens``/``max_completion_tokens``, ``top_p`` and ``seed`` are honoured. ``n > 1``, ``logprobs`` and
+  tools are refused with 400.
+* ``GET /v1/models``, ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus text format).
+* Errors are OpenAI-style JSON: 400 malformed body / bad parameter / context too long, 401 missing or wrong key,
+  404 unknown route, 413 oversized body, 500 a bug. A refused request never reaches the KV cache.
+* Concurrency: one model thread answers requests one at a time in arrival order; others wait in the queue (see
+  :mod:`block_attention.server.worker`). A client that disconnects mid-stream stops its generation.
+* ``create_app`` touches nothing global; ``ServerThread`` serves an app in the background (tests, notebooks).
+"""
+
+from .app import create_app
+from .openai_format import RequestRejected
+from .runner import ServerThread, run_server
+from .settings import ServerSettings
+
+__all__ = ["RequestRejected", "ServerSettings", "ServerThread", "create_app", "run_server"]
