@@ -137,11 +137,11 @@ def _check_remote(cfg: StoreConfig) -> None:
         raise ConfigError(f"StoreConfig.remote_url must be a Redis URL such as 'redis://127.0.0.1:6379/0', got "
                           f"{url!r}; pass redis://[:PASSWORD@]HOST:PORT/DB, or None to disable the remote tier.")
     ttl = cfg.remote_ttl_s
-    if ttl is not None and (not _is_int(ttl) or ttl < 1):
+    if ttl is not None and (not is_int(ttl) or ttl < 1):
         raise ConfigError(f"StoreConfig.remote_ttl_s must be a positive number of seconds or None, got {ttl!r}; "
                           "pass e.g. remote_ttl_s=86400, or None to keep entries until Redis evicts them.")
     cap = cfg.remote_max_value_bytes
-    if not _is_int(cap) or cap < 1024 or cap > 512 * 1024**2:
+    if not is_int(cap) or cap < 1024 or cap > 512 * 1024**2:
         raise ConfigError(f"StoreConfig.remote_max_value_bytes must be an integer between 1 KiB and 512 MiB (Redis's "
                           f"value limit), got {cap!r}; pass e.g. remote_max_value_bytes=256 * 1024**2.")
     timeout = cfg.remote_timeout_s
