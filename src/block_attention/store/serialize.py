@@ -4,8 +4,9 @@ Layout::
 
     b"BAKV" | layout version (u16 LE) | payload length (u64 LE) | blake2b-256(payload) | payload
 
-``payload`` is a safetensors blob with exactly two tensors, ``"keys"`` and ``"values"``, and string metadata
-``format_version, fingerprint, doc_id, content_hash, dtype, shape``. :func:`loads` trusts nothing: wrong magic or
+``payload`` is a safetensors blob with the tensors of the entry's codec (:mod:`.codec`: ``"keys"`` and
+``"values"`` uncompressed, or int8 tensors with their scales) and string metadata ``format_version, fingerprint,
+doc_id, content_hash, dtype, shape`` and ``codec`` (absent means ``"none"``, the original format). :func:`loads` trusts nothing: wrong magic or
 version, truncation, a digest mismatch, a safetensors parse failure, metadata naming another cache key, or tensors
 whose dtype/shape disagree with the metadata all raise :class:`~block_attention.errors.CorruptEntryError` with the
 reason. Tensors come back on CPU, contiguous, owning their memory; every dtype (bf16 included) round-trips
@@ -24,6 +25,7 @@ from safetensors.torch import save as st_save
 
 from block_attention.errors import CorruptEntryError
 from block_attention.kv import BlockKV
+from block_attention.store import codec as codecs
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
 
 MAGIC = b"BAKV"
@@ -31,21 +33,21 @@ LAYOUT_VERSION = 1  # bump when this byte layout changes
 _DIGEST_SIZE = 32
 _PREFIX = struct.Struct("<4sHQ")  # magic, layout version, payload length
 HEADER_SIZE = _PREFIX.size + _DIGEST_SIZE
-_TENSOR_NAMES = frozenset({"keys", "values"})
 
 
-def dumps(key: CacheKey, kv: BlockKV) -> bytes:
-    """Serialize ``kv`` (any device) for ``key``; the tensors themselves are not modified."""
-    keys, values = _cpu_contiguous(kv)
+def dumps(key: CacheKey, kv: BlockKV, codec: codecs.Codec = "none") -> bytes:
+    """Serialize ``kv`` (any device) for ``key`` with ``codec``; the tensors themselves are not modified."""
     metadata = {
         "format_version": str(FORMAT_VERSION),
         "fingerprint": key.fingerprint,
         "doc_id": key.doc_id,
         "content_hash": key.content_hash,
-        "dtype": _dtype_name(keys.dtype),
-        "shape": json.dumps(list(keys.shape)),
+        "dtype": _dtype_name(kv.keys.dtype),
+        "shape": json.dumps(list(kv.keys.shape)),
     }
-    payload = st_save({"keys": keys, "values": values}, metadata=metadata)
+    if codec != "none":
+        metadata["codec"] = codec
+    payload = st_save(codecs.encode(kv, codec), metadata=metadata)
     prefix = _PREFIX.pack(MAGIC, LAYOUT_VERSION, len(payload))
     return prefix + _digest(payload) + payload
 
@@ -56,15 +58,29 @@ def loads(key: CacheKey, data: bytes) -> BlockKV:
     metadata = _read_metadata(payload)
     _check_metadata(key, metadata)
     tensors = _read_tensors(payload)
-    return _check_tensors(tensors, metadata)
+    codec = metadata.get("codec", "none")
+    if codec not in codecs.CODECS:
+        raise CorruptEntryError(f"entry uses codec {codec!r}; this library reads {list(codecs.CODECS)}")
+    if codec == "none":
+        return _check_tensors(tensors, metadata)
+    return codecs.decode(tensors, codec, _dtype_of(metadata.get("dtype")), _shape_of(metadata.get("shape")))
 
 
-def _cpu_contiguous(kv: BlockKV) -> tuple[torch.Tensor, torch.Tensor]:
-    keys = kv.keys.detach().to("cpu").contiguous()
-    values = kv.values.detach().to("cpu").contiguous()
-    if keys.untyped_storage().data_ptr() == values.untyped_storage().data_ptr():
-        values = values.clone()  # safetensors refuses tensors that share storage
-    return keys, values
+def _dtype_of(name: str | None) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise CorruptEntryError(f"entry metadata names dtype {name!r}, not a floating point torch dtype")
+    return dtype
+
+
+def _shape_of(text: str | None) -> list[int]:
+    try:
+        shape = json.loads(text or "")
+    except ValueError:
+        shape = None
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise CorruptEntryError(f"entry metadata shape {text!r} is not [layers, heads, tokens, dim]")
+    return shape
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -124,12 +140,12 @@ def _read_tensors(payload: memoryview) -> dict[str, torch.Tensor]:
         tensors = st_load(bytes(payload))
     except Exception as exc:  # safetensors raises its own SafetensorError and assorted others
         raise CorruptEntryError(f"entry payload failed to parse as safetensors ({exc})") from None
-    if set(tensors) != _TENSOR_NAMES:
-        raise CorruptEntryError(f"entry holds tensors {sorted(tensors)}, expected ['keys', 'values']")
     return tensors
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> BlockKV:
+    if set(tensors) != codecs.names("none"):
+        raise CorruptEntryError(f"entry holds tensors {sorted(tensors)}, expected ['keys', 'values']")
     keys, values = tensors["keys"], tensors["values"]
     shape_text = metadata.get("shape")
     for name, tensor in (("keys", keys), ("values", values)):
