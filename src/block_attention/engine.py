@@ -6,7 +6,8 @@ into a fresh cache, and only the final block is prefilled, attending to everythi
 in one ordinary prefill. Both then decode with the same loop (greedy or sampled, stop strings, streaming).
 
 Guarantees: stored KV is never mutated by a request; a cache failure costs a recompute, never a wrong answer;
-a model that cannot be served exactly is refused at construction with :class:`UnsupportedModelError`.
+a model whose block path cannot be exact (no RoPE, ...) still serves full mode; block mode (and ``warm``) raise
+:class:`UnsupportedModelError` naming why.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from .assemble import assemble_cache
 from .blocks import Block, as_blocks, check_unique_ids
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .encode import encode_blocks
-from .errors import ConfigError, ContextTooLongError
+from .errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from .fingerprint import model_fingerprint
 from .generation import TextTracker, TokenSelector
 from .kv import BlockKV
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
-from .rope import inspect_model
+from .rope import RotaryInfo, inspect_model
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
 
@@ -118,7 +119,11 @@ class BlockAttentionEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        self.rotary = inspect_model(model)
+        try:
+            self.rotary: RotaryInfo | None = inspect_model(model)
+            self.block_refusal: UnsupportedModelError | None = None
+        except UnsupportedModelError as exc:  # full mode still works; block mode raises this at request time
+            self.rotary, self.block_refusal = None, exc
         self.text_config = model.config.get_text_config(decoder=True)
         self.prompt_config = self.config.prompt or recorded_prompt_config(model) or PromptConfig()
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
@@ -161,14 +166,19 @@ class BlockAttentionEngine:
 
     @property
     def max_positions(self) -> int:
-        return int(self.text_config.max_position_embeddings)
+        cfg = self.text_config  # ALiBi models (Bloom) declare no limit; GPT-2 and MPT name it differently
+        limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                      if getattr(cfg, k, None)), None)
+        return int(limit) if limit is not None else 2**31 - 1
 
     @property
     def kv_bytes_per_token(self) -> int:
         cfg = self.text_config
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         element = torch.finfo(next(self.model.parameters()).dtype).bits // 8
-        return 2 * cfg.num_hidden_layers * kv_heads * self.rotary.head_dim * element
+        head_dim = self.rotary.head_dim if self.rotary else getattr(cfg, "head_dim", None) or \
+            cfg.hidden_size // cfg.num_attention_heads
+        return 2 * cfg.num_hidden_layers * kv_heads * head_dim * element
 
     # -- layout ----------------------------------------------------------------------------------------------
     def layout(self, blocks: Sequence[Block | str], question: str, system: str | None = None,
@@ -180,7 +190,7 @@ class BlockAttentionEngine:
     def _fit(self, blocks: list[Block], question: str, system: str | None, history: Sequence[Message],
              mode: Mode, max_new_tokens: int) -> tuple[PromptLayout, tuple[str, ...]]:
         limit, reason = self.max_positions, f"the model's context window is {self.max_positions} tokens"
-        if mode == "block" and self.rotary.exact_limit is not None and self.rotary.exact_limit < limit:
+        if mode == "block" and self.rotary is not None and self.rotary.exact_limit is not None and self.rotary.exact_limit < limit:
             limit, reason = self.rotary.exact_limit, str(self.rotary.limit_reason)
         dropped: list[str] = []
         while True:
@@ -240,6 +250,8 @@ class BlockAttentionEngine:
         """Precompute and store the KV of ``blocks`` (and of the prompt prefix) so the first query is warm."""
         if self.store is None:
             raise ConfigError("warm() needs a KV store; construct the engine with store=None or a StoreConfig.")
+        if self.block_refusal is not None:
+            raise UnsupportedModelError(str(self.block_refusal))
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
         spans = {}
@@ -272,6 +284,8 @@ class BlockAttentionEngine:
                  all_logits: bool) -> tuple[torch.Tensor, DynamicCache, PromptLayout, dict[str, Any]]:
         start = time.perf_counter()
         mode = check_mode(mode or self.config.mode)
+        if mode == "block" and self.block_refusal is not None:
+            raise UnsupportedModelError(str(self.block_refusal))
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
         layout, dropped = self._fit(blocks, question, system, history, mode, max_new_tokens)
@@ -283,6 +297,7 @@ class BlockAttentionEngine:
         if mode == "block" and layout.blocks:
             kvs = self._block_kvs(layout, stats)
             t0 = time.perf_counter()
+            assert self.rotary is not None
             cache = assemble_cache(kvs, [b.offset for b in layout.blocks], self.rotary, device)
             stats["assemble_s"] = time.perf_counter() - t0
             ids, first = list(layout.final_ids), layout.context_len
