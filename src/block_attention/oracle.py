@@ -67,15 +67,24 @@ def model_masks(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[torch.n
 @torch.inference_mode()
 def reference_logits(model: torch.nn.Module, layout: PromptLayout, extra_ids: Sequence[int] = ()) -> torch.Tensor:
     """Logits ``[F + len(extra_ids), V]`` of the final block (and any appended tokens) under the block mask."""
+    return _masked_logits(model, layout, extra_ids, None)
+
+
+def _masked_logits(model: torch.nn.Module, layout: PromptLayout, extra_ids: Sequence[int],
+                   own: dict[torch.nn.Module, torch.Tensor] | None) -> torch.Tensor:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     ids = layout.input_ids() + [int(t) for t in extra_ids]
+    total = len(ids)
     input_ids = torch.tensor([ids], device=device)  # [1, T]
+    if own is None:
+        own = model_masks(model, input_ids)
     blocks = block_causal_mask(layout.block_lengths, len(layout.final_ids) + len(extra_ids), device)  # [T, T]
-    per_layer = {m: additive_mask(blocks & own, dtype) for m, own in model_masks(model, input_ids).items()}
-    positions = torch.arange(len(ids), device=device)[None]  # [1, T]
+    # A model's own mask of a longer sequence restricted to its first T rows/columns is the mask of length T.
+    per_layer = {m: additive_mask(blocks & mask[:total, :total], dtype) for m, mask in own.items()}
+    positions = torch.arange(total, device=device)[None]  # [1, T]
     seen: dict[torch.nn.Module, torch.Tensor | None] = {}
-    with _mask_hooks(model, per_layer, seen):
+    with torch.inference_mode(), _mask_hooks(model, per_layer, seen):
         out = model(input_ids=input_ids, attention_mask=additive_mask(blocks, dtype), position_ids=positions,
                     use_cache=False)
     assert seen.keys() == per_layer.keys()
@@ -85,9 +94,13 @@ def reference_logits(model: torch.nn.Module, layout: PromptLayout, extra_ids: Se
 def reference_greedy(model: torch.nn.Module, layout: PromptLayout, max_new_tokens: int,
                      eos_ids: frozenset[int] = frozenset()) -> list[int]:
     """Greedy tokens by repeated full masked forwards (no cache): slow, simple, independent of the engine."""
+    device = next(model.parameters()).device
+    # The model's own masks depend on the length only (no padding): read them once at the longest length.
+    longest = torch.tensor([layout.input_ids() + [0] * max_new_tokens], device=device)  # [1, T + N]
+    own = model_masks(model, longest)
     out: list[int] = []
     for _ in range(max_new_tokens):
-        token = int(torch.argmax(reference_logits(model, layout, out)[-1]).item())
+        token = int(torch.argmax(_masked_logits(model, layout, out, own)[-1]).item())
         if token in eos_ids:
             break
         out.append(token)
