@@ -58,7 +58,7 @@ def _check(engine, model, blocks, greedy_tokens):
 def test_block_path_matches_oracle_cold_and_warm(name, attn, tok, long_docs):
     model = architecture_model(name, seed=1, attn_implementation=attn)
     engine = BlockAttentionEngine(model, tok)
-    tokens = 3 if ARCHITECTURES[name].discovered else 6  # fewer decode steps for the long tail: suite time
+    tokens = 2 if ARCHITECTURES[name].discovered else 6  # fewer decode steps for the long tail: suite time
     cold_err, out, ref = _check(engine, model, long_docs, tokens)
     assert out.stats.misses == len(out.layout.blocks) and out.stats.hits == 0  # docs + the prompt prefix
     assert cold_err <= TOL, f"{name}/{attn}: cold max error {cold_err:.2e}"
@@ -67,7 +67,7 @@ def test_block_path_matches_oracle_cold_and_warm(name, attn, tok, long_docs):
     assert (full.logits - ref).abs().max().item() > 1e-3
 
     permuted = [long_docs[i] for i in (2, 0, 1)]
-    warm_err, warm, _ = _check(engine, model, permuted, tokens - 2)
+    warm_err, warm, _ = _check(engine, model, permuted, tokens // 2)
     assert warm.stats.hits == len(warm.layout.blocks) and warm.stats.misses == 0
     assert warm_err <= TOL, f"{name}/{attn}: warm max error {warm_err:.2e}"
     MEASURED[(name, attn)] = max(cold_err, warm_err)

@@ -103,12 +103,14 @@ class Architecture:
         return str(tiny_config(self.family, **self.overrides).model_type)
 
     def attn_implementations(self) -> tuple[str, ...]:
-        """``("sdpa", "eager")``, or ``("eager",)`` where transformers offers no SDPA for the model class."""
+        """Implementations the oracle tests run: ``("sdpa", "eager")`` (``("eager",)`` where transformers offers no
+        SDPA for the model class); discovered architectures run the first of these only."""
         import transformers
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[self.model_type])
-        return ("sdpa", "eager") if getattr(cls, "_supports_sdpa", False) else ("eager",)
+        offered = ("sdpa", "eager") if getattr(cls, "_supports_sdpa", False) else ("eager",)
+        return offered[:1] if self.discovered else offered  # the long tail: one implementation keeps CI fast
 
 
 def _arch(name: str, family: str, note: str = "", **overrides: Any) -> Architecture:
