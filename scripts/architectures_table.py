@@ -50,7 +50,8 @@ def row(arch, info) -> str:
 
 def refused_row(entry, model_type: str) -> str:
     """The table row of :data:`REFUSED` entry ``entry``."""
-    return f"| {entry.name} | `{model_type}` | none | n/a | refusal tested | refused ({entry.why}); full mode works |"
+    return (f"| {entry.name} | `{model_type}` | {entry.positions} | n/a | refusal tested | "
+            f"refused ({entry.why}); full mode works |")
 
 
 def order() -> list[str]:
