@@ -10,7 +10,7 @@ import torch
 from block_attention import Block, BlockAttentionEngine, EngineConfig, GenerationConfig, PromptConfig
 from block_attention.errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from block_attention.oracle import reference_greedy, reference_logits
-from block_attention.testing import FAMILIES, tiny_model
+from block_attention.testing import FAMILIES, refused_model, tiny_model
 from test_rope import ROPE_VARIANTS
 
 QUESTION = "Where did the lighthouse stand?"
@@ -122,9 +122,11 @@ def test_position_dependent_rope_limit_is_enforced_in_block_mode_only(tok, docs)
     assert engine.generate(long_docs, QUESTION, max_new_tokens=4, mode="full").stats.mode == "full"
 
 
-def test_engine_refuses_unsupported_model(tok):
-    with pytest.raises(UnsupportedModelError, match="partial rotary"):
-        BlockAttentionEngine(tiny_model("phi3", partial_rotary_factor=0.5), tok)
+def test_engine_refuses_block_mode_only_for_models_without_rope(tok, docs):
+    engine = BlockAttentionEngine(refused_model("GPT-2"), tok, store=False)  # construction succeeds
+    with pytest.raises(UnsupportedModelError, match="absolute position"):
+        engine.generate(docs, QUESTION, max_new_tokens=2)
+    assert engine.generate(docs, QUESTION, mode="full", max_new_tokens=2).stats.mode == "full"
 
 
 def test_bad_generation_options(tok, llama, docs):

@@ -100,7 +100,10 @@ def test_disk_hit_in_another_process_is_bitwise_identical(tok, docs, llama, tmp_
         print(json.dumps({{"disk_hits": out.stats.disk_hits, "misses": out.stats.misses,
                           "digests": {{k.as_str(): _digest(e.store.get(k)) for k in keys}}}}))
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    import block_attention  # the subprocess must import the code under test (a worktree, not the installed one)
+
+    src = Path(block_attention.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(src)])}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ import torch
 
 from block_attention.errors import UnsupportedModelError
 from block_attention.rope import inspect_model, rotate_keys_, rotation
-from block_attention.testing import tiny_model
+from block_attention.testing import WINDOW, architecture_model, tiny_model
 
 ROPE_VARIANTS = {
     "default": ("llama", {}),
@@ -57,18 +57,60 @@ def test_limits_for_position_dependent_rope():
     assert inspect_model(tiny_model(family, **overrides)).exact_limit == 1024
     family, overrides = ROPE_VARIANTS["dynamic"]
     assert inspect_model(tiny_model(family, **overrides)).exact_limit == 4096
-    assert inspect_model(tiny_model("mistral", sliding_window=512)).exact_limit == 512
+    # A sliding window is not a limit: the window-aware mask serves prompts of any length exactly.
+    mistral = inspect_model(tiny_model("mistral", sliding_window=512))
+    assert mistral.exact_limit is None and mistral.windows == (512, 512)
+    assert inspect_model(tiny_model("llama", sliding_window=512)).windows == (None, None)  # Llama ignores it
     assert inspect_model(tiny_model("llama")).exact_limit is None
+
+
+@pytest.mark.parametrize("name,interleaved,rotary_dim", [
+    ("Cohere", True, 16), ("GPT-NeoX", False, 4), ("Phi-3 (partial rotary)", False, 8), ("StableLM", False, 4),
+])
+def test_partial_and_interleaved_rotation_equals_the_models_own(name, interleaved, rotary_dim):
+    """Moving keys by an offset equals the model's own RoPE at the global position, rotary dims only."""
+    import sys
+
+    model = architecture_model(name)
+    info = inspect_model(model)
+    assert (info.interleaved, info.rotary_dim, info.head_dim) == (interleaved, rotary_dim, 16)
+    apply_rope = sys.modules[type(model).__module__].apply_rotary_pos_emb
+    torch.manual_seed(0)
+    raw = torch.randn(1, 2, 10, info.head_dim)  # [B, H, n, D] pre-RoPE keys
+    n, offset = 10, 41
+
+    def apply(positions):
+        cos, sin = model.base_model.rotary_emb(raw, positions[None])  # [1, n, R]
+        rot, rest = raw[..., :cos.shape[-1]], raw[..., cos.shape[-1]:]
+        return torch.cat((apply_rope(rot, rot, cos, sin)[1], rest), dim=-1)
+
+    canonical = apply(torch.arange(n))
+    cos, sin = rotation(torch.full((n,), offset), info.inv_freq, info.interleaved)
+    moved = rotate_keys_(canonical.clone(), cos, sin, info.interleaved)
+    torch.testing.assert_close(moved, apply(torch.arange(offset, offset + n)), rtol=0, atol=2e-5)
+    assert torch.equal(moved[..., rotary_dim:], raw[..., rotary_dim:])  # pass-through dims untouched
+
+
+def test_per_layer_type_rope_of_gemma3():
+    info = inspect_model(architecture_model("Gemma3 (text)"))
+    local, global_, local2 = (layer.inv_freq for layer in info.layers)
+    assert torch.equal(local, local2) and not torch.allclose(local, global_)
+    assert info.windows == (WINDOW, None, WINDOW)
 
 
 def test_unsupported_models_are_refused_with_reason():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="not supported"):
+    with pytest.raises(UnsupportedModelError, match="absolute position embeddings"):
         inspect_model(gpt2)
-    with pytest.raises(UnsupportedModelError, match="partial rotary"):
-        inspect_model(tiny_model("phi3", partial_rotary_factor=0.5))
-    hybrid = tiny_model("qwen2", use_sliding_window=True, sliding_window=64, max_window_layers=1)
-    with pytest.raises(UnsupportedModelError, match="sliding"):
-        inspect_model(hybrid)
+    with pytest.raises(UnsupportedModelError, match="chunked"):
+        inspect_model(tiny_model("llama", attention_chunk_size=32))
+
+
+def test_probe_refuses_frequencies_the_model_does_not_apply():
+    """The capability check measures the model: declared frequencies that disagree with its keys are refused."""
+    model = tiny_model("llama")
+    model.model.rotary_emb.original_inv_freq.mul_(1.5)  # the model keeps rotating with inv_freq
+    with pytest.raises(UnsupportedModelError, match="not the model's RoPE rotation"):
+        inspect_model(model)

@@ -14,8 +14,8 @@ The work is split into public stages, each a method with a typed result (:mod:`b
 * :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming).
 
 :meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
-request; a cache failure costs a recompute, never a wrong answer; a model that cannot be served exactly is
-refused at construction with :class:`UnsupportedModelError`.
+request; a cache failure costs a recompute, never a wrong answer; a model whose block path cannot be exact (no
+RoPE, ...) still serves full mode, while block mode (and ``warm``) raise :class:`UnsupportedModelError` naming why.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .assemble import assemble_cache, rotate_layers_
 from .blocks import Block, as_blocks, check_unique_ids
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .encode import encode_blocks
-from .errors import ConfigError, ContextTooLongError
+from .errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from .fingerprint import model_fingerprint
 from .fused import FusedUnsupported, fused_attention, segments_for
 from .generation import TextTracker, TokenSelector
@@ -41,7 +41,7 @@ from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
 from .quality import is_block_finetuned, model_name, quality_warning
 from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
-from .rope import inspect_model
+from .rope import RotaryInfo, inspect_model
 from .sink import Sink, check_sink, encode_behind_sink, sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
@@ -79,7 +79,11 @@ class BlockAttentionEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        self.rotary = inspect_model(model)
+        try:
+            self.rotary: RotaryInfo | None = inspect_model(model)
+            self.block_refusal: UnsupportedModelError | None = None
+        except UnsupportedModelError as exc:  # full mode still works; block mode raises this at request time
+            self.rotary, self.block_refusal = None, exc
         self.text_config = model.config.get_text_config(decoder=True)
         self.prompt_config = self.config.prompt or recorded_prompt_config(model) or PromptConfig()
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
@@ -135,14 +139,19 @@ class BlockAttentionEngine:
 
     @property
     def max_positions(self) -> int:
-        return int(self.text_config.max_position_embeddings)
+        cfg = self.text_config  # ALiBi models (Bloom) declare no limit; GPT-2 and MPT name it differently
+        limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                      if getattr(cfg, k, None)), None)
+        return int(limit) if limit is not None else 2**31 - 1
 
     @property
     def kv_bytes_per_token(self) -> int:
         cfg = self.text_config
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         element = torch.finfo(next(self.model.parameters()).dtype).bits // 8
-        return 2 * cfg.num_hidden_layers * kv_heads * self.rotary.head_dim * element
+        head_dim = self.rotary.head_dim if self.rotary else getattr(cfg, "head_dim", None) or \
+            cfg.hidden_size // cfg.num_attention_heads
+        return 2 * cfg.num_hidden_layers * kv_heads * head_dim * element
 
     def estimate_kv_bytes(self, n_tokens: int) -> int:
         return n_tokens * self.kv_bytes_per_token
@@ -166,12 +175,15 @@ class BlockAttentionEngine:
         ``recompute_tokens`` and ``sink`` override the engine's recovery options for this request (block mode)."""
         started = time.perf_counter()
         mode = check_mode(mode or self.config.mode)
+        if mode == "block" and self.block_refusal is not None:
+            raise UnsupportedModelError(str(self.block_refusal))
         k = check_recompute_tokens(self.config.recompute_tokens if recompute_tokens is None else recompute_tokens)
         sink = check_sink(self.config.sink if sink is None else sink)
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
         limit, reason = self.max_positions, f"the model's context window is {self.max_positions} tokens"
-        if mode == "block" and self.rotary.exact_limit is not None and self.rotary.exact_limit < limit:
+        if mode == "block" and self.rotary is not None and self.rotary.exact_limit is not None \
+                and self.rotary.exact_limit < limit:
             limit, reason = self.rotary.exact_limit, str(self.rotary.limit_reason)
         dropped: list[str] = []
         while True:
@@ -243,6 +255,7 @@ class BlockAttentionEngine:
         """A fresh cache holding every block re-rotated to its offset (the inputs are never written); with
         ``plan.recompute_tokens`` the first tokens of every block are then recomputed (:mod:`.recovery`)."""
         t0 = time.perf_counter()
+        assert self.rotary is not None  # block mode was refused at plan() otherwise
         cache = assemble_cache(blocks.kvs, list(plan.offsets), self.rotary, self.device)
         t1 = time.perf_counter()
         if not plan.recompute_tokens:
@@ -290,6 +303,7 @@ class BlockAttentionEngine:
         spans = list(zip(plan.keys, layout.blocks))
         cached = [(lookup.found[k], s.offset) for k, s in spans if k in lookup.found]
         fresh = [(k, s) for k, s in spans if k not in lookup.found]  # every occurrence, in prompt order
+        assert self.rotary is not None  # block mode was refused at plan() otherwise
         cache = assemble_cache([kv for kv, _ in cached], [o for _, o in cached], self.rotary, device) if cached \
             else DynamicCache()
         past = sum(kv.n_tokens for kv, _ in cached)
@@ -322,6 +336,7 @@ class BlockAttentionEngine:
         keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D] copy
         values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D]
         back = torch.full((n,), -offset, dtype=torch.long, device=keys.device)  # [n]
+        assert self.rotary is not None
         return BlockKV(rotate_layers_(keys, back, self.rotary), values)
 
     def run_prefill(self, plan: RequestPlan, *, all_logits: bool = False
@@ -435,6 +450,8 @@ class BlockAttentionEngine:
         """Precompute and store the KV of ``blocks`` (and of the prompt prefix) so the first query is warm."""
         if self.store is None:
             raise ConfigError("warm() needs a KV store; construct the engine with store=None or a StoreConfig.")
+        if self.block_refusal is not None:
+            raise UnsupportedModelError(str(self.block_refusal))
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
         spans = {}

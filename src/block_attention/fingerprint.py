@@ -43,7 +43,7 @@ def tokenizer_digest(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def model_fingerprint(model: torch.nn.Module, tokenizer: Any, rotary: RotaryInfo,
+def model_fingerprint(model: torch.nn.Module, tokenizer: Any, rotary: RotaryInfo | None,
                       prompt: PromptConfig) -> tuple[str, dict[str, Any]]:
     config = model.config
     config_json = config.to_json_string(use_diff=False)
@@ -54,7 +54,7 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any, rotary: RotaryInfo
         "weights": weights_digest(model),
         "dtype": str(next(model.parameters()).dtype),
         "tokenizer": tokenizer_digest(tokenizer),
-        "rotary": rotary.describe(),
+        "rotary": rotary.describe() if rotary is not None else None,
         "prompt": prompt.describe(),
     }
     return fingerprint(parts), parts
