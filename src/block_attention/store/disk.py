@@ -18,7 +18,7 @@ Contract:
   its final name and indexed in one ``BEGIN IMMEDIATE`` transaction. Opening a tier sweeps temporary files of dead
   writers (or older than an hour), value files without an index row and rows without a valid value file.
 * **Exact LRU bound.** After each write, least-recently-used entries are evicted one by one, exactly while the
-  index volume (value sizes + SQLite files) exceeds ``max_bytes``; the entry just written is evicted last (only
+  index volume (value sizes + SQLite files + 8 KiB for pages the commit may add) exceeds ``max_bytes``; the entry just written is evicted last (only
   if it alone is over budget, which :meth:`put_bytes` refuses up front). :meth:`volume` measures what is really
   on disk: SQLite files (journal/WAL included), value files, temporary files.
 * **Reads never crash.** A corrupt, forged or refused entry is dropped, logged at WARNING on
@@ -68,6 +68,7 @@ _VALUE_NAME = re.compile(r"^[0-9a-f]{40}\.bakv$")
 _TMP_NAME = re.compile(r"^([0-9a-f]{40})\.(\d+)\.[0-9a-f]+\.tmp$")
 _TMP_MAX_AGE_S = 3600.0
 _BUSY_TIMEOUT_S = 30.0
+_PAGE_MARGIN = 8192  # room for the index pages a commit may add after eviction ran
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -413,9 +414,10 @@ class DiskTier(KVTier):
             except sqlite3.Error as exc:
                 logger.debug("KV disk tier recency update of %s skipped (%r).", skey, exc)
 
-    def _db_bytes(self) -> int:
+    def _db_bytes(self, transient: bool = True) -> int:
+        """Bytes of the SQLite files; ``transient=False`` leaves out the rollback journal of the open transaction."""
         total = 0
-        for suffix in _DB_SIDE_FILES:
+        for suffix in _DB_SIDE_FILES if transient else ("", "-wal"):
             try:
                 st = os.lstat(os.path.join(self._directory, DB_NAME + suffix))
             except OSError:
@@ -429,7 +431,7 @@ class DiskTier(KVTier):
         (values,) = self._con.execute(
             "SELECT COALESCE(SUM(CASE WHEN typeof(size) = 'integer' AND size > 0 THEN size ELSE 0 END), 0) "
             "FROM kv_entries").fetchone()
-        total = int(values) + self._db_bytes()
+        total = int(values) + self._db_bytes(transient=False) + _PAGE_MARGIN
         while total > self._max_bytes:
             batch = self._con.execute("SELECT key, size FROM kv_entries WHERE key != ? ORDER BY access ASC "
                                       "LIMIT 32", (protect,)).fetchall()
