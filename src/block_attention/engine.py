@@ -34,7 +34,7 @@ from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError
 from .fingerprint import model_fingerprint
 from .generation import TextTracker, TokenSelector
-from .kv import BlockKV
+from .kv import BlockKV, KVGeometry
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, recorded_prompt_config
 from .rope import inspect_model
@@ -131,6 +131,14 @@ class BlockAttentionEngine:
         element = torch.finfo(next(self.model.parameters()).dtype).bits // 8
         return 2 * cfg.num_hidden_layers * kv_heads * self.rotary.head_dim * element
 
+    @property
+    def kv_geometry(self) -> KVGeometry:
+        """Layers, KV heads, head_dim and dtype of every block KV this model computes."""
+        cfg = self.text_config
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        return KVGeometry(int(cfg.num_hidden_layers), int(kv_heads), self.rotary.head_dim,
+                          next(self.model.parameters()).dtype)
+
     def estimate_kv_bytes(self, n_tokens: int) -> int:
         return n_tokens * self.kv_bytes_per_token
 
@@ -183,7 +191,9 @@ class BlockAttentionEngine:
         for key, span in zip(plan.keys, plan.layout.blocks):
             if key in found or key in missing:
                 continue
-            hit = self.store.lookup(key, device=self.device) if self.store is not None else None
+            # Every loaded block must fit this model (a forged entry is dropped from every tier and recomputed).
+            expect = (self.kv_geometry, len(span.token_ids))
+            hit = self.store.lookup(key, device=self.device, expect=expect) if self.store is not None else None
             if hit is None:
                 missing[key] = span.token_ids
             else:
