@@ -17,6 +17,11 @@ Contract:
 * **Crash-consistent writes.** A value is written to ``<digest>.<pid>.<random>.tmp``, fsynced, then renamed over
   its final name and indexed in one ``BEGIN IMMEDIATE`` transaction. Opening a tier sweeps temporary files of dead
   writers (or older than an hour), value files without an index row and rows without a valid value file.
+* **Durability.** Value files are fsynced before they are renamed into place; the index runs with
+  ``synchronous=OFF`` (a recency update costs no fsync). A killed process cannot damage either (SQLite's journal
+  rolls an interrupted transaction back); a power loss can lose index rows (their files are swept as orphans)
+  or damage the index (detected by ``quick_check`` at open and moved aside): a cache loses entries, never
+  serves wrong ones.
 * **Exact LRU bound.** After each write, least-recently-used entries are evicted one by one, exactly while the
   index volume (value sizes + SQLite files + 8 KiB for pages the commit may add) exceeds ``max_bytes``; the entry just written is evicted last (only
   if it alone is over budget, which :meth:`put_bytes` refuses up front). :meth:`volume` measures what is really
@@ -483,7 +488,10 @@ class DiskTier(KVTier):
                     con.execute("PRAGMA journal_mode = DELETE")
                 except sqlite3.OperationalError as exc:  # another process holds a WAL database open
                     logger.info("KV disk index keeps journal mode %s (%r).", mode, exc)
-            con.execute("PRAGMA synchronous = FULL")
+            con.execute("PRAGMA synchronous = OFF")  # see "Durability" in the module docstring
+            check = con.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":  # damaged pages: let the caller move the database aside
+                raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {check!r})")
             con.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA:
@@ -566,7 +574,12 @@ class DiskTier(KVTier):
                     elif tmp and stat.S_ISREG(st.st_mode):
                         if not _pid_alive(int(tmp.group(2))) or now - st.st_mtime > _TMP_MAX_AGE_S:
                             _remove_path(entry.path)
-                    elif not stat.S_ISDIR(st.st_mode):
+                    elif stat.S_ISDIR(st.st_mode):
+                        try:
+                            os.rmdir(entry.path)  # only an empty one: nothing is removed recursively
+                        except OSError:
+                            logger.warning("KV disk tier ignores foreign directory %s.", entry.path)
+                    else:
                         _remove_path(entry.path)  # a link, FIFO or stray file in the library's own directory
                         logger.warning("KV disk tier removed foreign entry %s.", entry.path)
         return found
