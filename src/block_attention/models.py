@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import EngineConfig
 from .engine import BlockAttentionEngine
-from .errors import BlockAttentionError
+from .errors import BlockAttentionError, ConfigError
 from .store import StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
@@ -23,6 +23,33 @@ BUILTIN_FINETUNED = "tiny-block-ft"
 
 class ModelLoadError(BlockAttentionError):
     """The model could not be found or loaded."""
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` when it names a usable torch device (or None); else a :class:`ConfigError` naming the fix."""
+    if device is None:
+        return None
+    import torch
+
+    if not isinstance(device, str) or not device.strip():
+        raise ConfigError(f"device must be a device name such as 'cpu' or 'cuda:0', got {device!r}.")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Unknown device {device!r}; pass 'cpu', 'cuda', 'cuda:N' or 'mps' "
+                          "(or leave it out to load on the default device).") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"Device {device!r} was requested but CUDA is not available on this machine (no GPU "
+                              "or a CPU-only torch build); pass --device cpu or leave it out.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"Device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s); pass cuda:0 or another existing index.")
+    elif parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"Device {device!r} was requested but MPS is not available here; pass --device cpu.")
+    elif parsed.type not in ("cpu", "cuda", "mps", "xpu", "meta") and not hasattr(torch, parsed.type):
+        raise ConfigError(f"Device {device!r} is not available in this torch build; pass --device cpu.")
+    return device
 
 
 def finetuned_checkpoint() -> Path | None:
@@ -47,6 +74,7 @@ def load_engine(name: str, *, cache_dir: str | Path | None = None, memory_bytes:
                 disk_bytes: int = 20 << 30, config: EngineConfig | None = None, device: str | None = None,
                 dtype: Any = "auto") -> BlockAttentionEngine:
     """An engine for model ``name`` with a memory tier and, when ``cache_dir`` is given, a disk tier there."""
+    device = check_device(device)
     store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
                         disk_bytes=disk_bytes)
     if name == BUILTIN_RANDOM:
