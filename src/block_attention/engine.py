@@ -20,6 +20,7 @@ refused at construction with :class:`UnsupportedModelError`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,7 +33,7 @@ from .blocks import Block, as_blocks, check_unique_ids
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError
-from .fingerprint import model_fingerprint
+from .fingerprint import WeightsWatch, model_fingerprint
 from .generation import TextTracker, TokenSelector
 from .kv import BlockKV, KVGeometry
 from .layout import PromptLayout
@@ -42,6 +43,8 @@ from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, Prefill
                      TextStream, WarmReport)
 from .store import CacheKey, KVStore, StoreConfig
 from .store.keys import token_hash
+
+logger = logging.getLogger("block_attention.engine")
 
 __all__ = ["BlockAttentionEngine", "Generation", "PrefillOutput", "RequestStats", "TextStream", "WarmReport"]
 
@@ -78,6 +81,7 @@ class BlockAttentionEngine:
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
         self.fingerprint, self.fingerprint_parts = model_fingerprint(model, tokenizer, self.rotary,
                                                                      self.prompt_config)
+        self._weights_watch = WeightsWatch(model)
         self._owns_store = not isinstance(store, KVStore)
         self.store: KVStore | None = open_store(store)
         self.pad_id = pad_token_id(tokenizer)
@@ -142,6 +146,19 @@ class BlockAttentionEngine:
     def estimate_kv_bytes(self, n_tokens: int) -> int:
         return n_tokens * self.kv_bytes_per_token
 
+    def refresh_fingerprint(self, force: bool = False) -> bool:
+        """Recompute the fingerprint if the weights or adapters changed since the last check (or when ``force``);
+        return whether it changed. Runs before every request (a cheap check: see :class:`WeightsWatch`)."""
+        if not (self._weights_watch.changed() or force):
+            return False
+        old = self.fingerprint
+        self.fingerprint, self.fingerprint_parts = model_fingerprint(self.model, self.tokenizer, self.rotary,
+                                                                     self.prompt_config)
+        if self.fingerprint != old:
+            logger.info("Model weights or adapters changed: fingerprint %s -> %s (cached KV of the old weights is "
+                        "no longer used).", old, self.fingerprint)
+        return self.fingerprint != old
+
     def cache_key(self, doc_id: str, token_ids: Sequence[int]) -> CacheKey:
         return CacheKey(self.fingerprint, doc_id, token_hash(token_ids))
 
@@ -157,6 +174,7 @@ class BlockAttentionEngine:
              history: Sequence[Message] = (), mode: Mode | None = None, max_new_tokens: int = 0) -> RequestPlan:
         """Render and tokenize the request, fit it to the context window (dropping blocks when configured)."""
         started = time.perf_counter()
+        self.refresh_fingerprint()  # weights edited in place or an adapter switched since the last request
         mode = check_mode(mode or self.config.mode)
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
@@ -342,6 +360,7 @@ class BlockAttentionEngine:
             raise ConfigError("warm() needs a KV store; construct the engine with store=None or a StoreConfig.")
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
+        self.refresh_fingerprint()
         spans = {}
         for start in range(0, max(len(blocks), 1), batch_blocks):
             layout = self.builder.layout(blocks[start:start + batch_blocks], "?", system)

@@ -48,6 +48,9 @@ class RotaryInfo:
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):  # a PEFT wrapper: the transformers model inside (adapter layers are injected in place)
+        model = get_base()
     prefix = getattr(model, "base_model_prefix", "model")
     return getattr(model, prefix, model)
 
