@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from .assemble import assemble_cache
 from .blocks import Block, as_blocks, check_unique_ids
+from .compat import cache_kwargs, output_cache
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError
@@ -260,12 +261,12 @@ class BlockAttentionEngine:
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
-        out = self.model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=0 if all_logits else 1)
+        out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
+                         use_cache=True, logits_to_keep=0 if all_logits else 1)
         logits = out.logits[0]  # [q or 1, V]
         if all_logits and first == 0:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
-        return Prefilled(logits, out.past_key_values, layout.total_len, time.perf_counter() - t0)
+        return Prefilled(logits, output_cache(out), layout.total_len, time.perf_counter() - t0)
 
     def run_prefill(self, plan: RequestPlan, *, all_logits: bool = False
                     ) -> tuple[Prefilled, Lookup | None, BlockKVs | None, Assembled | None]:
@@ -317,8 +318,8 @@ class BlockAttentionEngine:
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([[token]], device=self.device),
                                  position_ids=torch.tensor([[position]], device=self.device),
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache, logits, position = out.past_key_values, out.logits[0], position + 1
+                                 **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
+            cache, logits, position = output_cache(out), out.logits[0], position + 1
         rest = tracker.delta(final=True)
         if rest:
             yield rest

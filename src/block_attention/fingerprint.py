@@ -37,9 +37,15 @@ def _weight_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 def weights_digest(model: torch.nn.Module) -> str:
     """Hash of every weight's name, shape, dtype and *all* of its bytes (xxh3-128: ~10 GB/s on one core)."""
     h = xxhash.xxh3_128()
+    seen: dict[tuple[Any, ...], str] = {}
     for name, tensor in _weight_tensors(model):
         t = tensor.detach()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        view = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if t.device.type != "meta" and view in seen:  # a tied weight (e.g. lm_head = embeddings): hashed once
+            h.update(f"alias of {seen[view]};".encode())
+            continue
+        seen[view] = name
         flat = t.reshape(-1)
         if flat.numel() == 0 or t.device.type == "meta":  # offloaded (meta) weights: name, shape and dtype only
             continue
