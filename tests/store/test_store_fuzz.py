@@ -153,6 +153,7 @@ def test_fuzzed_cache_never_crashes_and_never_answers_wrong(tmp_path: Path, tok)
             engine.close()
             engine = BlockAttentionEngine(model, tok, EngineConfig(prompt=PromptConfig()), store=config)
     engine.close()
+    print("fuzz corruption kinds:", dict(sorted(kinds.items())))  # the table in docs/reliability.md
     assert sum(kinds.values()) == CORRUPTIONS and len(kinds) >= 20, kinds
     assert hits > CORRUPTIONS  # the cache kept serving between corruptions (requests are re-stored after each)
     assert victim.read_bytes() == b"outside the cache directory" * 100
