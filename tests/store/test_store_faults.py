@@ -384,3 +384,21 @@ def test_damaged_database_is_moved_aside_but_a_locked_or_healthy_one_never(tmp_p
     for _ in range(3):  # reopening a healthy database never moves it
         DiskTier(directory, 64 * MiB).close()
     assert len(list(directory.glob("cache.db.damaged-*"))) == 1
+
+
+def test_value_root_replaced_by_a_link_outside_is_never_followed(tmp_path: Path) -> None:
+    directory = tmp_path / "kv"
+    tier = DiskTier(directory, 64 * MiB)
+    tier.put(key(), make_kv())
+    tier.close()
+    outside = tmp_path / "outside"
+    (outside / "ab").mkdir(parents=True)
+    (outside / "ab" / "precious.txt").write_text("keep me")
+    (outside / "stray").write_text("keep me too")
+    shutil.rmtree(directory / "v")
+    (directory / "v").symlink_to(outside, target_is_directory=True)
+    tier = DiskTier(directory, 64 * MiB)  # sweep: removes the link itself, nothing behind it
+    assert not os.path.lexists(directory / "v")
+    assert (outside / "ab" / "precious.txt").read_text() == "keep me" and (outside / "stray").exists()
+    assert tier.get(key()) is None and tier.put(key(), make_kv()) and tier.get(key()) is not None
+    tier.close()

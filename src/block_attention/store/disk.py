@@ -176,9 +176,9 @@ class DiskTier(KVTier):
             self.drop_corrupt(key, str(exc))
             return None
         except FileNotFoundError:
-            logger.warning("KV disk tier value file of %s is missing; dropping its index row (it will be "
-                           "recomputed).", skey)
-            self._delete_row(skey)
+            if self._delete_row(skey):  # (no row left: another process evicted it meanwhile, a plain miss)
+                logger.warning("KV disk tier value file of %s is missing; dropped its index row (it will be "
+                               "recomputed).", skey)
             return None
         except OSError as exc:
             logger.warning("KV disk tier read of %s failed (%r); treating it as a miss.", skey, exc)
@@ -286,14 +286,19 @@ class DiskTier(KVTier):
     def volume(self) -> int:
         """Bytes this tier really keeps on disk: SQLite files (journal/WAL/shm included), value and temporary files."""
         total = self._db_bytes()
+        vdir = os.path.join(self._directory, VALUE_DIR)
         try:
-            with os.scandir(os.path.join(self._directory, VALUE_DIR)) as top:
+            if not stat.S_ISDIR(os.lstat(vdir).st_mode):
+                return total
+            with os.scandir(vdir) as top:
                 for sub in top:
                     if not sub.is_dir(follow_symlinks=False):
                         continue
                     with os.scandir(sub.path) as files:
                         total += sum(f.stat(follow_symlinks=False).st_size for f in files
                                      if f.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             logger.warning("KV disk tier size query failed (%r).", exc)
         return total
@@ -557,13 +562,21 @@ class DiskTier(KVTier):
         found: dict[str, int] = {}
         vdir = os.path.join(self._directory, VALUE_DIR)
         try:
+            if not stat.S_ISDIR(os.lstat(vdir).st_mode):  # a link (or file) named v/: removed, never followed
+                _remove_path(vdir)
+                logger.warning("KV disk tier removed foreign entry %s.", vdir)
+                return found
             top = list(os.scandir(vdir))
         except FileNotFoundError:
             return found
         now = time.time()
         for sub in top:
-            if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2:
-                logger.warning("KV disk tier ignores foreign entry %s.", sub.path)
+            if not sub.is_dir(follow_symlinks=False):
+                _remove_path(sub.path)  # a file, link or FIFO where a value directory belongs: never followed
+                logger.warning("KV disk tier removed foreign entry %s.", sub.path)
+                continue
+            if len(sub.name) != 2:
+                logger.warning("KV disk tier ignores foreign directory %s.", sub.path)
                 continue
             with os.scandir(sub.path) as entries:
                 for entry in entries:
