@@ -95,7 +95,7 @@ def test_index_never_memory_maps(tmp_path: Path) -> None:
 # -- 2. never touch a path the library did not derive ------------------------------------------------------------
 
 def test_value_paths_are_derived_from_the_key_and_stay_inside(tmp_path: Path) -> None:
-    for doc in ("../victim", "/etc/passwd", "a/../../b", "\x00nul", "\ud800lone", "é" * 300):
+    for doc in ("../victim", "/etc/passwd", "a/../../b", "\x00nul", "é" * 300, "\\" * 50):
         rel = value_relpath(key(doc=doc))
         parts = Path(rel).parts
         assert parts[0] == "v" and len(parts) == 3 and ".." not in parts and not os.path.isabs(rel)
