@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from block_attention import Block  # noqa: E402
+from block_attention.compat import cache_kwargs, output_cache  # noqa: E402
 
 # Qwen2-0.5B's shape (hidden 896, 24 layers, 14 query heads, 2 KV heads, head_dim 64, MLP 4864, tied embeddings).
 # The vocabulary is the offline tiny tokenizer's (600 ids) instead of 151,936: every method computes logits for the
@@ -284,8 +285,8 @@ class PrefixCache:
         t1 = time.perf_counter()
         out = self.engine.model(input_ids=torch.tensor([ids[reuse:]], device=device),
                                 position_ids=torch.arange(reuse, len(ids), device=device)[None],
-                                past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.ids, self.cache = ids, out.past_key_values
+                                **cache_kwargs(self.engine.model, cache), use_cache=True, logits_to_keep=1)
+        self.ids, self.cache = ids, output_cache(out)
         return {"prompt_tokens": len(ids), "reused_tokens": reuse, "prefilled_tokens": len(ids) - reuse,
                 "prefix_block_tokens": len(layout.blocks[0].token_ids) if layout.blocks else 0,
                 # reuse reaching this position covers at least one whole passage (the block after the system prefix)

@@ -48,6 +48,7 @@ import torch
 import workload as wl
 
 from block_attention import BlockAttentionEngine, KVStore, StoreConfig
+from block_attention.compat import cache_kwargs, output_cache
 from block_attention.store import serialize
 
 METHODS = ("full", "prefix_miss", "prefix_same_docs", "prefix_identical", "block_cold", "block_warm_memory",
@@ -328,11 +329,11 @@ def dtype_probe(args: argparse.Namespace, tokens: int = 1024, final: int = 50, r
         for r in range(repeats + 1):
             for name, m in models.items():
                 t0 = time.perf_counter()
-                o = m(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+                o = m(input_ids=ids, **cache_kwargs(m, DynamicCache()), use_cache=True, logits_to_keep=1)
                 bc.sync(args.device)
                 t1 = time.perf_counter()
                 m(input_ids=q, position_ids=torch.arange(tokens, tokens + final, device=args.device)[None],
-                  past_key_values=o.past_key_values, use_cache=True, logits_to_keep=1)
+                  **cache_kwargs(m, output_cache(o)), use_cache=True, logits_to_keep=1)
                 bc.sync(args.device)
                 if r:
                     times[name]["full"].append(t1 - t0)

@@ -83,10 +83,20 @@ def test_chat_two_turns(index):
     (("ask", "q", "--index", "{index}", "--model", "/nonexistent/model"), "Could not load model"),
     (("ingest", "{empty}", "--index", "{tmp}/idx2", "--quiet"), "empty"),
     (("ingest", "/nonexistent/dir", "--index", "{tmp}/idx3", "--quiet"), "/nonexistent/dir"),
+    (("ask", "q", "--index", "{index}", "--device", "bogus"), "Unknown device 'bogus'"),
+    pytest.param(("ask", "q", "--index", "{index}", "--device", "cuda"), "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (("demo", "--device", "cuda:99"), "cuda:99"),
+    (("ingest", "{badname}", "--index", "{tmp}/idx4", "--quiet"), "not valid UTF-8"),
 ])
 def test_user_mistakes_give_one_line_errors(index, tmp_path, args, needle):
     (tmp_path / "empty").mkdir()
-    args = [a.format(index=index, empty=tmp_path / "empty", tmp=tmp_path) for a in args]
+    badname = tmp_path / "badname"
+    badname.mkdir()
+    (badname / "good.txt").write_text("A fine document about bridges.")
+    with open(os.path.join(os.fsencode(badname), b"caf\xe9-latin1.txt"), "w") as f:  # a Latin-1 file name
+        f.write("A document whose file name is not UTF-8.")
+    args = [a.format(index=index, empty=tmp_path / "empty", tmp=tmp_path, badname=badname) for a in args]
     res = run_cli(*args)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr

@@ -112,21 +112,18 @@ def test_disk_hit_in_another_process_is_bitwise_identical(tok, docs, llama, tmp_
 
 
 def _damage(tmp_path, how):
-    """Damage every disk entry's payload in place (files or inline sqlite blobs)."""
+    """Damage every disk entry's value file in place (the index row keeps the file's new size)."""
     root = tmp_path / "kv"
-    files = [p for p in root.rglob("*.val")]
+    files = [p for p in root.rglob("*.bakv")]
+    con = sqlite3.connect(root / "cache.db")
     for p in files:
         data = bytearray(p.read_bytes())
-        p.write_bytes(bytes(data[: len(data) // 2]) if how == "truncate" else _flip(data))
-    con = sqlite3.connect(root / "cache.db")
-    rows = con.execute("SELECT rowid, value FROM Cache WHERE value IS NOT NULL").fetchall()
-    for rowid, value in rows:
-        if isinstance(value, bytes):
-            new = value[: len(value) // 2] if how == "truncate" else _flip(bytearray(value))
-            con.execute("UPDATE Cache SET value = ? WHERE rowid = ?", (new, rowid))
+        new = bytes(data[: len(data) // 2]) if how == "truncate" else _flip(data)
+        p.write_bytes(new)
+        con.execute("UPDATE kv_entries SET size = ? WHERE size = ?", (len(new), len(data)))
     con.commit()
     con.close()
-    return len(files) + len(rows)
+    return len(files)
 
 
 def _flip(data: bytearray) -> bytes:

@@ -8,12 +8,28 @@ computed on its own at positions ``0..n-1`` and cached under its ``doc_id`` and 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from .errors import InvalidRequestError
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` when it is valid Unicode text (encodable as UTF-8); else an :class:`InvalidRequestError`.
+
+    Lone surrogates (``"\\ud800"``, e.g. from ``bytes.decode(errors="surrogateescape")``) cannot be tokenized,
+    hashed or stored, so they are refused before anything is computed or cached.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{what} contains a lone surrogate {value[exc.start]!r} at index {exc.start}, which is not valid Unicode "
+            "text; decode your input with errors='replace' (or strip the surrogates) before passing it."
+        ) from None
+    return value
 
 
 def text_digest(text: str) -> str:
@@ -51,6 +67,11 @@ class Block:
             )
         if self.title is not None and not isinstance(self.title, str):
             raise InvalidRequestError(f"Block title must be a str or None, got {type(self.title).__name__}.")
+        check_text(self.text, f"The text of block {self.doc_id!r}")
+        if self.doc_id is not None:
+            check_text(self.doc_id, f"Block doc_id {self.doc_id!r}")
+        if self.title is not None:
+            check_text(self.title, f"The title of block {self.doc_id!r}")
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
     @property
@@ -63,6 +84,11 @@ def as_blocks(items: Sequence[Block | str]) -> list[Block]:
     """Accept blocks or plain strings (a string becomes a block keyed by its content digest)."""
     if isinstance(items, (str, bytes)):
         raise InvalidRequestError("Pass a list of blocks or strings, not a single string; wrap it in a list.")
+    if items is None or not isinstance(items, Iterable):
+        raise InvalidRequestError(
+            f"blocks must be a list of Block or str, got {type(items).__name__}; pass [] for a request without "
+            "passages."
+        )
     out: list[Block] = []
     for item in items:
         if isinstance(item, Block):

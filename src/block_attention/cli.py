@@ -310,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the CLI forks no tokenizer workers
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:  # fail before any index or model work
+            from .models import check_device
+
+            check_device(args.device)
         return int(args.func(args) or 0)
     except BlockAttentionError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -77,6 +77,7 @@ class GenerationConfig:
     stop_on_eos: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -90,3 +91,30 @@ class GenerationConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError("stop must be a sequence of non-empty strings.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _check_types(config: GenerationConfig) -> None:
+    """Type checks before any comparison, so ``max_new_tokens="5"`` is a ConfigError, not a TypeError."""
+    if not _is_int(config.max_new_tokens):
+        raise ConfigError(f"max_new_tokens must be an int, got {config.max_new_tokens!r} "
+                          f"({type(config.max_new_tokens).__name__}); pass e.g. max_new_tokens=64.")
+    for name in ("do_sample", "stop_on_eos"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"{name} must be True or False, got {getattr(config, name)!r}.")
+    for name in ("temperature", "top_p"):
+        if not _is_number(getattr(config, name)):
+            raise ConfigError(f"{name} must be a number, got {getattr(config, name)!r}; pass e.g. {name}=0.9.")
+    if not _is_int(config.top_k):
+        raise ConfigError(f"top_k must be an int (0 disables it), got {config.top_k!r}.")
+    if config.seed is not None and not _is_int(config.seed):
+        raise ConfigError(f"seed must be an int or None, got {config.seed!r}.")
+    if config.stop is None or isinstance(config.stop, bytes) or not isinstance(config.stop, (str, list, tuple)):
+        raise ConfigError(f"stop must be a string or a list of strings, got {type(config.stop).__name__}.")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from .compat import cache_kwargs
 from .kv import BlockKV
 from .rope import _base_model
 
@@ -53,7 +54,7 @@ def encode_blocks(model: torch.nn.Module, token_lists: Sequence[Sequence[int]], 
             ids[row, : lengths[i]] = torch.tensor(token_lists[i], dtype=torch.long)
         positions = torch.arange(width, dtype=torch.long).expand(len(batch), width)  # [B, n_max]
         cache = DynamicCache()
-        base(input_ids=ids.to(device), position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+        base(input_ids=ids.to(device), position_ids=positions.to(device), **cache_kwargs(base, cache), use_cache=True)
         keys = torch.stack([layer.keys for layer in cache.layers])  # [L, B, H_kv, n_max, D]
         values = torch.stack([layer.values for layer in cache.layers])  # [L, B, H_kv, n_max, D]
         for row, i in enumerate(batch):

@@ -30,13 +30,14 @@ from transformers import DynamicCache
 
 from .assemble import assemble_cache, rotate_layers_
 from .blocks import Block, as_blocks, check_unique_ids
+from .compat import cache_kwargs, output_cache
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError, UnsupportedModelError
-from .fingerprint import model_fingerprint
+from .fingerprint import WeightsWatch, model_fingerprint
 from .fused import FusedUnsupported, fused_attention, segments_for
 from .generation import TextTracker, TokenSelector
-from .kv import BlockKV
+from .kv import BlockKV, KVGeometry
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
 from .quality import is_block_finetuned, model_name, quality_warning
@@ -89,6 +90,7 @@ class BlockAttentionEngine:
         self.builder = PromptBuilder(tokenizer, self.prompt_config)
         self.fingerprint, self.fingerprint_parts = model_fingerprint(model, tokenizer, self.rotary,
                                                                      self.prompt_config)
+        self._weights_watch = WeightsWatch(model)
         self._owns_store = not isinstance(store, KVStore)
         self.store: KVStore | None = open_store(store)
         self.pad_id = pad_token_id(tokenizer)
@@ -153,8 +155,31 @@ class BlockAttentionEngine:
             cfg.hidden_size // cfg.num_attention_heads
         return 2 * cfg.num_hidden_layers * kv_heads * head_dim * element
 
+    @property
+    def kv_geometry(self) -> KVGeometry:
+        """Layers, KV heads, head_dim and dtype of every block KV this model computes."""
+        cfg = self.text_config
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = self.rotary.head_dim if self.rotary else getattr(cfg, "head_dim", None) or \
+            cfg.hidden_size // cfg.num_attention_heads
+        return KVGeometry(int(cfg.num_hidden_layers), int(kv_heads), int(head_dim),
+                          next(self.model.parameters()).dtype)
+
     def estimate_kv_bytes(self, n_tokens: int) -> int:
         return n_tokens * self.kv_bytes_per_token
+
+    def refresh_fingerprint(self, force: bool = False) -> bool:
+        """Recompute the fingerprint if the weights or adapters changed since the last check (or when ``force``);
+        return whether it changed. Runs before every request (a cheap check: see :class:`WeightsWatch`)."""
+        if not (self._weights_watch.changed() or force):
+            return False
+        old = self.fingerprint
+        self.fingerprint, self.fingerprint_parts = model_fingerprint(self.model, self.tokenizer, self.rotary,
+                                                                     self.prompt_config)
+        if self.fingerprint != old:
+            logger.info("Model weights or adapters changed: fingerprint %s -> %s (cached KV of the old weights is "
+                        "no longer used).", old, self.fingerprint)
+        return self.fingerprint != old
 
     def cache_key(self, doc_id: str, token_ids: Sequence[int]) -> CacheKey:
         return CacheKey(self.fingerprint, doc_id, token_hash(token_ids))
@@ -174,6 +199,7 @@ class BlockAttentionEngine:
 
         ``recompute_tokens`` and ``sink`` override the engine's recovery options for this request (block mode)."""
         started = time.perf_counter()
+        self.refresh_fingerprint()  # weights edited in place or an adapter switched since the last request
         mode = check_mode(mode or self.config.mode)
         if mode == "block" and self.block_refusal is not None:
             raise UnsupportedModelError(str(self.block_refusal))
@@ -219,7 +245,9 @@ class BlockAttentionEngine:
         for key, span in zip(plan.keys, plan.layout.blocks):
             if key in found or key in missing:
                 continue
-            hit = self.store.lookup(key, device=self.device) if self.store is not None else None
+            # Every loaded block must fit this model (a forged entry is dropped from every tier and recomputed).
+            expect = (self.kv_geometry, len(span.token_ids))
+            hit = self.store.lookup(key, device=self.device, expect=expect) if self.store is not None else None
             if hit is None:
                 missing[key] = span.token_ids
             else:
@@ -283,12 +311,12 @@ class BlockAttentionEngine:
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
-        out = self.model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
-                         logits_to_keep=0 if all_logits else 1)
+        out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
+                         use_cache=True, logits_to_keep=0 if all_logits else 1)
         logits = out.logits[0]  # [q or 1, V]
         if all_logits and first == 0:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
-        return Prefilled(logits, out.past_key_values, layout.total_len, time.perf_counter() - t0)
+        return Prefilled(logits, output_cache(out), layout.total_len, time.perf_counter() - t0)
 
     @torch.inference_mode()
     def prefill_fused(self, plan: RequestPlan, lookup: Lookup, *, all_logits: bool = False
@@ -314,22 +342,22 @@ class BlockAttentionEngine:
         final = len(layout.final_ids)
         with fused_attention(self.model, segments_for(past, [len(s.token_ids) for _, s in fresh], final)):
             out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=device),
-                             position_ids=positions.to(device)[None], past_key_values=cache, use_cache=True,
-                             logits_to_keep=final if all_logits else 1)
-        logits = out.logits[0]  # [F or 1, V]
+                             position_ids=positions.to(device)[None], **cache_kwargs(self.model, cache),
+                             use_cache=True, logits_to_keep=final if all_logits else 1)
+        logits, cache = out.logits[0], output_cache(out)  # [F or 1, V]
         t2 = time.perf_counter()
         stored: dict[CacheKey, BlockKV] = {}
         start = past
         for key, span in fresh:
             n = len(span.token_ids)
             if key not in stored:
-                stored[key] = self._cut_block(out.past_key_values, start, n, span.offset)
+                stored[key] = self._cut_block(cache, start, n, span.offset)
                 if self.store is not None:
                     self.store.put(key, stored[key])
             start += n
         encoded = BlockKVs((), len(stored), sum(kv.n_tokens for kv in stored.values()), time.perf_counter() - t2)
-        prefilled = Prefilled(logits, out.past_key_values, layout.total_len, t2 - t1)
-        return prefilled, lookup, encoded, Assembled(out.past_key_values, t1 - t0)
+        prefilled = Prefilled(logits, cache, layout.total_len, t2 - t1)
+        return prefilled, lookup, encoded, Assembled(cache, t1 - t0)
 
     def _cut_block(self, cache: DynamicCache, start: int, n: int, offset: int) -> BlockKV:
         """Fresh copy of cache tokens ``start..start+n`` with keys rotated back from ``offset`` to ``0..n-1``."""
@@ -406,8 +434,8 @@ class BlockAttentionEngine:
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([[token]], device=self.device),
                                  position_ids=torch.tensor([[position]], device=self.device),
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache, logits, position = out.past_key_values, out.logits[0], position + 1
+                                 **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
+            cache, logits, position = output_cache(out), out.logits[0], position + 1
         rest = tracker.delta(final=True)
         if rest:
             yield rest
@@ -454,6 +482,7 @@ class BlockAttentionEngine:
             raise UnsupportedModelError(str(self.block_refusal))
         blocks = as_blocks(blocks)
         check_unique_ids(blocks)
+        self.refresh_fingerprint()
         spans = {}
         for start in range(0, max(len(blocks), 1), batch_blocks):
             layout = self.builder.layout(blocks[start:start + batch_blocks], "?", system)

@@ -3,6 +3,8 @@
 ``keys`` and ``values`` stack every layer: ``[layers, kv_heads, n_tokens, head_dim]``. Keys carry the RoPE
 rotation of positions ``0..n-1`` (exactly what the model's attention wrote to its cache). A ``BlockKV`` handed
 out by the store is shared: consumers must never write into it (assembly always copies into new storage).
+:class:`KVGeometry` is what a block of ``n`` tokens must look like for one model; :meth:`KVGeometry.mismatch`
+names the first difference (loaded entries are checked against it before use).
 """
 
 from __future__ import annotations
@@ -32,3 +34,26 @@ class BlockKV:
 
     def to(self, device: torch.device | str) -> "BlockKV":
         return BlockKV(self.keys.to(device), self.values.to(device))
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """The shape and dtype every block KV of one model has: ``[layers, kv_heads, n_tokens, head_dim]``, ``dtype``."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    def shape(self, n_tokens: int) -> tuple[int, int, int, int]:
+        return (self.layers, self.kv_heads, n_tokens, self.head_dim)
+
+    def mismatch(self, kv: BlockKV, n_tokens: int) -> str | None:
+        """Why ``kv`` cannot be the KV of an ``n_tokens`` block of this model, or None when it fits."""
+        want = self.shape(n_tokens)
+        for name, tensor in (("keys", kv.keys), ("values", kv.values)):
+            if tuple(tensor.shape) != want:
+                return f"{name} have shape {list(tensor.shape)}, the model needs {list(want)} for {n_tokens} tokens"
+            if tensor.dtype != self.dtype:
+                return f"{name} have dtype {tensor.dtype}, the model computes {self.dtype}"
+        return None

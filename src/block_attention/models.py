@@ -19,12 +19,39 @@ from typing import Any
 
 from .config import EngineConfig
 from .engine import BlockAttentionEngine
-from .errors import BlockAttentionError, ModelLoadError
+from .errors import BlockAttentionError, ConfigError, ModelLoadError
 from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
 # built-in name -> (folder under block_attention/data, one-line description); listed only when shipped
 PACKAGED_CHECKPOINTS: dict[str, tuple[str, str]] = {}
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` when it names a usable torch device (or None); else a :class:`ConfigError` naming the fix."""
+    if device is None:
+        return None
+    import torch
+
+    if not isinstance(device, str) or not device.strip():
+        raise ConfigError(f"device must be a device name such as 'cpu' or 'cuda:0', got {device!r}.")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Unknown device {device!r}; pass 'cpu', 'cuda', 'cuda:N' or 'mps' "
+                          "(or leave it out to load on the default device).") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"Device {device!r} was requested but CUDA is not available on this machine (no GPU "
+                              "or a CPU-only torch build); pass --device cpu or leave it out.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"Device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s); pass cuda:0 or another existing index.")
+    elif parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"Device {device!r} was requested but MPS is not available here; pass --device cpu.")
+    elif parsed.type not in ("cpu", "cuda", "mps", "xpu", "meta") and not hasattr(torch, parsed.type):
+        raise ConfigError(f"Device {device!r} is not available in this torch build; pass --device cpu.")
+    return device
 
 
 def packaged_checkpoint(name: str) -> Path | None:
@@ -87,6 +114,7 @@ def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None,
     keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (ignored by ``tiny-random``, which is built
     from a config).
     """
+    device = check_device(device)
     if store is None:
         store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
                             disk_bytes=disk_bytes)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .blocks import Block, text_digest
+from .blocks import Block, check_text, text_digest
 from .errors import ConfigError, InvalidRequestError
 from .layout import PromptLayout
 
@@ -92,6 +92,7 @@ def _check_history(history: Sequence[Message]) -> list[dict[str, str]]:
                 "Each history turn must be a mapping {'role': 'user'|'assistant', 'content': str}; got "
                 f"{turn!r}."
             )
+        check_text(turn["content"], f"History turn {len(out)}")
         out.append({"role": str(turn["role"]), "content": str(turn["content"])})
     return out
 
@@ -126,6 +127,9 @@ class PromptBuilder:
             raise InvalidRequestError(f"The question must be a str, got {type(question).__name__}.")
         if system is not None and not isinstance(system, str):
             raise InvalidRequestError(f"system must be a str or None, got {type(system).__name__}.")
+        check_text(question, "The question")
+        if system is not None:
+            check_text(system, "The system prompt")
         turns = _check_history(history)
         instruction = self.config.instruction if system is None else system
         docs = tuple(self.render_doc(b) for b in blocks)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from .compat import cache_kwargs
 from .assemble import assemble_cache
 from .errors import ConfigError
 from .kv import BlockKV
@@ -99,7 +100,8 @@ def _one_pass_(model: torch.nn.Module, cache: DynamicCache,
     see_fresh = torch.ones(m, m, dtype=torch.bool, device=device).tril_()  # [M, M] earlier recomputed tokens
     mask = additive_mask(torch.cat([see_cached, see_fresh], dim=1), dtype)  # [1, 1, M, T + M]
     work = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in cache.layers])  # copies [1, H, T, D]
-    base(input_ids=ids, position_ids=positions[None], attention_mask=mask, past_key_values=work, use_cache=True)
+    base(input_ids=ids, position_ids=positions[None], attention_mask=mask, **cache_kwargs(base, work),
+         use_cache=True)
     for layer, fresh in zip(cache.layers, work.layers):
         layer.keys.index_copy_(2, positions, fresh.keys[:, :, t:])  # [1, H_kv, M, D] -> recomputed positions
         layer.values.index_copy_(2, positions, fresh.values[:, :, t:])
@@ -117,7 +119,7 @@ def _sequential_(model: torch.nn.Module, cache: DynamicCache,
         ])
         ids = torch.tensor([list(token_ids[:n])], dtype=torch.long, device=device)  # [1, n]
         positions = torch.arange(o, o + n, device=device)[None]  # [1, n]
-        base(input_ids=ids, position_ids=positions, past_key_values=prefix, use_cache=True)
+        base(input_ids=ids, position_ids=positions, **cache_kwargs(base, prefix), use_cache=True)
         for layer, fresh in zip(cache.layers, prefix.layers):
             layer.keys[:, :, o:o + n].copy_(fresh.keys[:, :, o:o + n])  # [1, H_kv, n, D]
             layer.values[:, :, o:o + n].copy_(fresh.values[:, :, o:o + n])  # [1, H_kv, n, D]

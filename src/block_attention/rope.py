@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .compat import cache_kwargs
 from .errors import UnsupportedModelError
 
 # Rotary types whose frequencies do not depend on positions (or only beyond a limit we enforce).
@@ -91,6 +92,9 @@ class RotaryInfo:
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):  # a PEFT wrapper: the transformers model inside (adapter layers are injected in place)
+        model = get_base()
     prefix = getattr(model, "base_model_prefix", "model")
     return getattr(model, prefix, model)
 
@@ -237,7 +241,8 @@ def _probe_cache(model: torch.nn.Module, ids: torch.Tensor, start: int) -> list[
 
     cache = DynamicCache()
     positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]  # [1, n]
-    _base_model(model)(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+    base = _base_model(model)
+    base(input_ids=ids, position_ids=positions, **cache_kwargs(base, cache), use_cache=True)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

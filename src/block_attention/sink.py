@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from transformers import DynamicCache
 
+from .compat import cache_kwargs
 from .encode import plan_batches
 from .errors import ConfigError
 from .kv import BlockKV
@@ -69,7 +70,7 @@ def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_li
     p = len(sink_ids)
     sink_cache = DynamicCache()
     base(input_ids=torch.tensor([list(sink_ids)], device=device), position_ids=torch.arange(p, device=device)[None],
-         past_key_values=sink_cache, use_cache=True)
+         **cache_kwargs(base, sink_cache), use_cache=True)
     lengths = [len(t) for t in token_lists]
     assert all(n > 0 for n in lengths), "empty block reached the encoder"
     out: list[BlockKV | None] = [None] * len(token_lists)
@@ -83,7 +84,8 @@ def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_li
             (layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))  # [B, H_kv, P, D] views
             for layer in sink_cache.layers
         ])
-        base(input_ids=ids.to(device), position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+        base(input_ids=ids.to(device), position_ids=positions.to(device), **cache_kwargs(base, cache),
+             use_cache=True)
         keys = torch.stack([layer.keys[:, :, p:] for layer in cache.layers])  # [L, B, H_kv, n_max, D]
         values = torch.stack([layer.values[:, :, p:] for layer in cache.layers])  # [L, B, H_kv, n_max, D]
         for row, i in enumerate(batch):

@@ -1,4 +1,4 @@
-"""DiskTier on a real diskcache directory: restart round trips, corruption, planted pickles, bounds, I/O errors."""
+"""DiskTier on a real cache directory: restart round trips, corruption, planted pickles, bounds, I/O errors."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pickle
+
 import diskcache
 import pytest
 
-from block_attention.errors import CorruptEntryError, StoreError
+from block_attention.errors import StoreError
 from block_attention.store import serialize
-from block_attention.store.disk import DiskTier, SafeDisk
+from block_attention.store.disk import DiskTier, value_relpath
 from block_attention.store.keys import CacheKey
 from store_helpers import key, kv_bitwise_equal, make_kv
 
 MiB = 1024**2
-SMALL = dict(n_tokens=8)  # 4 KiB of tensors: stored inline in sqlite
-LARGE = dict(n_tokens=128)  # 64 KiB of tensors: stored in its own value file
+SMALL = dict(n_tokens=8)  # 4 KiB of tensors
+LARGE = dict(n_tokens=128)  # 64 KiB of tensors
 
 
 class Planted:
@@ -38,16 +40,13 @@ def tier(tmp_path: Path) -> Iterator[DiskTier]:
     t.close()
 
 
-def _rewrite(directory: Path, k: CacheKey, fn: Callable[[bytes], bytes]) -> str:
-    """Apply ``fn`` to the stored bytes of ``k`` wherever they live; return 'file' or 'inline'."""
+def _rewrite(directory: Path, k: CacheKey, fn: Callable[[bytes], bytes]) -> None:
+    """Apply ``fn`` to the stored bytes of ``k`` (its value file), keeping the index row's size consistent."""
+    path = directory / value_relpath(k)
+    data = fn(path.read_bytes())
+    path.write_bytes(data)
     with sqlite3.connect(directory / "cache.db") as con:
-        ((filename, value),) = con.execute("SELECT filename, value FROM Cache WHERE key = ?", (k.as_str(),)).fetchall()
-        if filename is not None:
-            path = directory / filename
-            path.write_bytes(fn(path.read_bytes()))
-            return "file"
-        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (fn(bytes(value)), k.as_str()))
-        return "inline"
+        con.execute("UPDATE kv_entries SET size = ? WHERE key = ?", (len(data), k.as_str()))
 
 
 def _flip(data: bytes) -> bytes:
@@ -85,8 +84,7 @@ def test_damaged_entry_is_dropped_logged_and_missed(
     directory = tmp_path / "kv"
     tier = DiskTier(directory, 64 * MiB)
     tier.put(key(), make_kv(**size))
-    where = _rewrite(directory, key(), damage)
-    assert where == ("file" if size is LARGE else "inline")
+    _rewrite(directory, key(), damage)
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
         assert tier.get(key()) is None
     assert tier.corrupt_dropped == 1 and not tier.contains(key()) and len(tier) == 0
@@ -103,51 +101,27 @@ def test_entry_copied_into_another_keys_slot_is_corrupt(tier: DiskTier, caplog: 
 
 
 @pytest.mark.parametrize("padding", [0, 100_000], ids=["inline-pickle", "file-pickle"])
-def test_planted_pickle_value_is_never_unpickled(
-    tmp_path: Path, padding: int, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_planted_pickles_are_never_unpickled(tmp_path: Path, padding: int) -> None:
+    """A foreign diskcache writer (pickling by default) planting keys and values in the directory: never run."""
     directory = tmp_path / "kv"
     DiskTier(directory, 64 * MiB).close()
-    marker = tmp_path / "pwned"
-    with diskcache.Cache(str(directory)) as plain:  # a foreign writer using diskcache's pickling default
+    marker, key_marker = tmp_path / "pwned", tmp_path / "pwned-key"
+    with diskcache.Cache(str(directory)) as plain:
         plain.set(key().as_str(), (Planted(marker), "x" * padding), tag=key().doc_id)
+        plain.set(Planted(key_marker), b"payload")
         plain.set(key(doc="control").as_str(), Planted(tmp_path / "control"))
+    (directory / value_relpath(key())).parent.mkdir(parents=True, exist_ok=True)
+    (directory / value_relpath(key())).write_bytes(pickle.dumps(Planted(marker)))  # a pickle at the right path
 
     tier = DiskTier(directory, 64 * MiB)
-    with caplog.at_level(logging.WARNING, logger="block_attention.store"):
-        assert tier.get_bytes(key()) is None
-        assert tier.get(key()) is None
-    assert not marker.exists()
-    assert tier.corrupt_dropped == 1 and not tier.contains(key())
-    assert "refusing" in caplog.text
+    assert tier.get_bytes(key()) is None and tier.get(key()) is None
+    assert tier.put(key(), make_kv()) and tier.get(key()) is not None
+    assert len(tier) == 1
     tier.close()
-
+    assert not marker.exists() and not key_marker.exists()
     with diskcache.Cache(str(directory)) as plain:  # control: the plain Disk *would* have run the payload
         plain.get(key(doc="control").as_str())
     assert (tmp_path / "control").exists()
-
-
-def test_planted_pickled_key_is_never_unpickled(tmp_path: Path) -> None:
-    directory = tmp_path / "kv"
-    marker = tmp_path / "pwned-key"
-    with diskcache.Cache(str(directory)) as plain:
-        plain.set(Planted(marker), b"payload")
-    tier = DiskTier(directory, 64 * MiB)
-    assert tier.get_bytes(key()) is None
-    with pytest.raises(CorruptEntryError, match="unpickle"):
-        list(tier._cache.iterkeys())  # the only diskcache paths that decode stored keys
-    assert not marker.exists()
-    tier.close()
-
-
-def test_safe_disk_refuses_to_pickle(tier: DiskTier) -> None:
-    with pytest.raises(TypeError, match="bytes values"):
-        tier._cache.set("k", {"not": "bytes"})
-    with pytest.raises(TypeError, match="str keys"):
-        tier._cache.set(("tuple", "key"), b"x")
-    disk = SafeDisk(str(tier.directory))
-    with pytest.raises(CorruptEntryError):
-        disk.get(b"\x80\x05K\x01.", False)
 
 
 def test_delete_doc_removes_every_fingerprint(tier: DiskTier) -> None:
@@ -189,23 +163,25 @@ def test_io_errors_are_misses_and_skipped_writes(
 ) -> None:
     tier.put(key(), make_kv())
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+    class BrokenConnection:
+        def execute(self, *args: object, **kwargs: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
 
     with caplog.at_level(logging.WARNING, logger="block_attention.store"):
-        monkeypatch.setattr(tier._cache, "get", broken)
+        monkeypatch.setattr(tier, "_con", BrokenConnection())
         assert tier.get(key()) is None
-        monkeypatch.setattr(tier._cache, "set", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
         assert tier.put(key(doc="new"), make_kv()) is False
     assert tier.corrupt_dropped == 0
     assert "read of" in caplog.text and "write of" in caplog.text
+    monkeypatch.undo()
+    assert not list(Path(tier.directory).rglob("*.tmp"))  # the failed write left no temporary file
 
 
 def test_missing_value_file_is_a_miss(tmp_path: Path) -> None:
     directory = tmp_path / "kv"
     tier = DiskTier(directory, 64 * MiB)
     tier.put(key(), make_kv(**LARGE))
-    for path in directory.rglob("*.val"):
+    for path in directory.rglob("*.bakv"):
         path.unlink()
     assert tier.get(key()) is None
     assert tier.put(key(), make_kv(**LARGE)) and tier.get(key()) is not None  # rewritable afterwards

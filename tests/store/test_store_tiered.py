@@ -13,6 +13,7 @@ import torch
 
 from block_attention.errors import ConfigError, StoreError
 from block_attention.store import CacheKey, KVStore, StoreConfig, StoreStats
+from block_attention.store.disk import value_relpath
 from store_helpers import key, kv_bitwise_equal, make_kv
 
 MiB = 1024**2
@@ -117,7 +118,7 @@ def test_corrupt_disk_entry_is_dropped_and_counted(
 ) -> None:
     with _store(tmp_path) as store:
         store.put(key(), make_kv(n_tokens=128))  # file-backed entry
-    (value_file,) = (tmp_path / "kv").rglob("*.val")
+    (value_file,) = (tmp_path / "kv").rglob("*.bakv")
     data = bytearray(value_file.read_bytes())
     if mode == "truncate":
         data = data[: len(data) - 1000]
@@ -136,9 +137,11 @@ def test_entry_moved_to_another_keys_slot_is_corrupt(tmp_path: Path) -> None:
     with _store(tmp_path) as store:
         store.put(key(doc="a"), make_kv(1))
         store.put(key(doc="b"), make_kv(2))
-    with sqlite3.connect(tmp_path / "kv" / "cache.db") as con:
-        (value,) = con.execute("SELECT value FROM Cache WHERE key = ?", (key(doc="a").as_str(),)).fetchone()
-        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (value, key(doc="b").as_str()))
+    root = tmp_path / "kv"
+    (root / value_relpath(key(doc="b"))).write_bytes((root / value_relpath(key(doc="a"))).read_bytes())
+    with sqlite3.connect(root / "cache.db") as con:  # keep the index's size consistent with the copied file
+        (size,) = con.execute("SELECT size FROM kv_entries WHERE key = ?", (key(doc="a").as_str(),)).fetchone()
+        con.execute("UPDATE kv_entries SET size = ? WHERE key = ?", (size, key(doc="b").as_str()))
     with _store(tmp_path) as store:
         assert store.get(key(doc="b")) is None
         assert store.get(key(doc="a")) is not None

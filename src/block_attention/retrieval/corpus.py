@@ -17,6 +17,8 @@ Contract:
 
 from __future__ import annotations
 
+import os
+
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -175,11 +177,20 @@ def _iter_corpus_files(folder: Path) -> Iterator[Path]:
 def _relative_source(file: Path, root: Path) -> str:
     resolved = file.resolve()
     try:
-        return resolved.relative_to(root).as_posix()
+        source = resolved.relative_to(root).as_posix()
     except ValueError:
         raise CorpusFormatError(
             f"File {str(file)!r} is not inside root {str(root)!r}; pass a root folder that contains it."
         ) from None
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:  # the file system gave bytes that are not UTF-8 (surrogate-escaped by Python)
+        raw = os.fsencode(str(file))
+        raise CorpusFormatError(
+            f"File name {raw!r} is not valid UTF-8, so it cannot become a document id; rename the file (e.g. "
+            f"{raw.decode('utf-8', 'replace')!r}) or move it out of the corpus folder."
+        ) from None
+    return source
 
 
 def _read_text(file: Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .chunking import Passage
-from ..errors import IndexFormatError
+from ..errors import BlockAttentionError, IndexFormatError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -193,7 +193,13 @@ class PassageStore:
             rows = self._conn.execute("SELECT row_id, embedding FROM passages ORDER BY row_id").fetchall()
         ids = np.asarray([r[0] for r in rows], dtype=np.int64)
         vectors = np.zeros((len(rows), dim), dtype=np.float32)
-        for i, (_, blob) in enumerate(rows):
+        for i, (row_id, blob) in enumerate(rows):
+            if not isinstance(blob, bytes) or len(blob) % 4:
+                raise IndexFormatError(
+                    f"Passage store {str(self.path)!r} holds a damaged embedding for row {row_id} "
+                    f"({type(blob).__name__} of {len(blob) if isinstance(blob, bytes) else 0} bytes); rebuild the "
+                    "index with Retriever.create(..., overwrite=True)."
+                )
             vector = np.frombuffer(blob, dtype="<f4")
             if vector.shape[0] != dim:
                 raise IndexFormatError(
@@ -211,16 +217,22 @@ class PassageStore:
 
 
 def _passage(row: Sequence[object]) -> Passage:
-    _, passage_id, doc_id, source, title, text, chunk_index, digest = row
-    return Passage(
-        passage_id=str(passage_id),
-        doc_id=str(doc_id),
-        title=str(title),
-        text=str(text),
-        source=None if source is None else str(source),
-        chunk_index=int(chunk_index),  # type: ignore[call-overload]
-        digest=str(digest),
-    )
+    """A stored row as a :class:`Passage`; a row of the wrong types (a tampered store) is an IndexFormatError."""
+    row_id, passage_id, doc_id, source, title, text, chunk_index, digest = row
+    texts_ok = all(isinstance(v, str) for v in (passage_id, doc_id, title, text, digest))
+    if not texts_ok or not (source is None or isinstance(source, str)) or type(chunk_index) is not int:
+        raise IndexFormatError(
+            f"Passage store row {row_id!r} is damaged (a text field is not text or chunk_index {chunk_index!r} is not "
+            "an integer); rebuild the index with Retriever.create(..., overwrite=True)."
+        )
+    try:
+        return Passage(passage_id=passage_id, doc_id=doc_id, title=title, text=text, source=source,
+                       chunk_index=chunk_index, digest=digest)
+    except BlockAttentionError as exc:
+        raise IndexFormatError(
+            f"Passage store row {row_id!r} is damaged ({exc}); rebuild the index with "
+            "Retriever.create(..., overwrite=True)."
+        ) from None
 
 
 def _chunks(values: list, size: int = _MAX_PARAMS) -> Iterator[list]:

@@ -3,7 +3,7 @@
 Contract:
 
 * :class:`KVStore` composes tiers that share one contract (:class:`KVTier`): an in-memory LRU tier (exact byte
-  budget) in front of an optional size-bounded disk tier (``diskcache`` + safetensors), write-through or
+  budget) in front of an optional size-bounded disk tier (SQLite index + safetensors value files), write-through or
   write-behind. ``lookup`` says which tier hit; a lower-tier hit is promoted upwards.
 * Entries are keyed by :class:`CacheKey`; a changed model or changed document text changes the key, so stale KV is
   never served. ``delete_doc`` drops a document under every fingerprint.

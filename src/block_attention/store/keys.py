@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from block_attention.errors import InvalidRequestError
+
 FORMAT_VERSION = 1  # bump when the meaning of stored KV changes
 
 Fingerprint = NewType("Fingerprint", str)  # digest of everything but the tokens that shapes a block's KV
@@ -38,6 +40,19 @@ class CacheKey:
     fingerprint: Fingerprint
     doc_id: str
     content_hash: TokenHash
+
+    def __post_init__(self) -> None:
+        for name in ("fingerprint", "doc_id", "content_hash"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise InvalidRequestError(f"CacheKey.{name} must be a str, got {type(value).__name__}.")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequestError(
+                    f"CacheKey.{name} {value!r} contains a lone surrogate and cannot be stored; pass valid Unicode "
+                    "text (decode with errors='replace')."
+                ) from None
 
     def as_str(self) -> str:
         """Flat string form (the disk tier's key). ``doc_id`` goes last-but-one, JSON-quoted, so any id is safe."""

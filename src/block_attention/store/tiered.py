@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from block_attention.errors import StoreError
-from block_attention.kv import BlockKV
+from block_attention.kv import BlockKV, KVGeometry
 from block_attention.store.config import StoreConfig
 from block_attention.store.disk import DiskTier
 from block_attention.store.keys import CacheKey
@@ -65,6 +65,7 @@ class StoreStats(HitsByTier):
     puts: int
     tiers: tuple[TierStats, ...]
     pending_writes: int = 0
+    rejected: int = 0  # entries that did not fit the model's KV geometry (dropped from every tier)
 
     def tier(self, name: str) -> TierStats | None:
         return next((t for t in self.tiers if t.name == name), None)
@@ -80,7 +81,7 @@ class StoreStats(HitsByTier):
 
     @property
     def corrupt_dropped(self) -> int:
-        return sum(t.corrupt_dropped for t in self.tiers)
+        return sum(t.corrupt_dropped for t in self.tiers) + self.rejected
 
     @property
     def memory_bytes(self) -> int:
@@ -101,6 +102,7 @@ class StoreStats(HitsByTier):
     def as_dict(self) -> dict[str, Any]:
         return {
             "hits": self.hits, "misses": self.misses, "puts": self.puts, "pending_writes": self.pending_writes,
+            "rejected": self.rejected,
             "hits_by_tier": dict(self.hits_by_tier),
             "tiers": {t.name: {"entries": t.entries, "bytes": t.nbytes, "evictions": t.evictions,
                                "corrupt_dropped": t.corrupt_dropped, "errors": t.errors} for t in self.tiers},
@@ -142,7 +144,7 @@ class KVStore:
         self._lock = threading.RLock()
         self._closed = False
         self._hits: dict[str, int] = {}
-        self._misses = self._puts = 0
+        self._misses = self._puts = self._rejected = 0
         self._writer = _WriteBehind(config.write_queue) if config.write_behind and self._lower_tiers() else None
 
     @property
@@ -162,8 +164,13 @@ class KVStore:
 
     # -- lookups -------------------------------------------------------------------------------------------------
 
-    def lookup(self, key: CacheKey, device: torch.device | str | None = None) -> Hit | None:
-        """The entry for ``key`` and the tier that held it (promoted upwards), on ``device`` when given."""
+    def lookup(self, key: CacheKey, device: torch.device | str | None = None, *,
+               expect: tuple[KVGeometry, int] | None = None) -> Hit | None:
+        """The entry for ``key`` and the tier that held it (promoted upwards), on ``device`` when given.
+
+        ``expect=(geometry, n_tokens)`` checks the entry's shape and dtype first: a mismatching (forged or foreign)
+        entry is deleted from every tier, logged, counted in ``corrupt_dropped`` and reported as a miss.
+        """
         self._check_open()
         for level, tier in enumerate(self._tiers):
             kv = tier.get(key)
@@ -171,6 +178,9 @@ class KVStore:
                 kv = self._writer.pending(key)
             if kv is None:
                 continue
+            if expect is not None and (reason := expect[0].mismatch(kv, expect[1])) is not None:
+                self._reject(key, tier.name, reason)
+                break
             with self._lock:
                 self._hits[tier.name] = self._hits.get(tier.name, 0) + 1
             if level:
@@ -179,6 +189,25 @@ class KVStore:
         with self._lock:
             self._misses += 1
         return None
+
+    def _reject(self, key: CacheKey, tier: str, reason: str) -> None:
+        logger.warning("Dropping KV cache entry %s from every tier: the %s tier's copy does not fit the model (%s). "
+                       "It will be recomputed.", key.as_str(), tier, reason)
+        with self._lock:
+            self._rejected += 1
+        self.delete(key)
+
+    def delete(self, key: CacheKey) -> int:
+        """Remove ``key`` from every tier; return how many tiers held it."""
+        self._check_open()
+        self.flush()
+        removed = 0
+        for tier in self._tiers:
+            try:
+                removed += bool(tier.delete(key))
+            except Exception as exc:  # a failing tier must not keep the others from dropping the entry
+                logger.warning("KV %s tier delete of %s failed (%r).", tier.name, key.as_str(), exc)
+        return removed
 
     def get(self, key: CacheKey, device: torch.device | str | None = None) -> BlockKV | None:
         """Cached KV for ``key`` (shared, read-only), on ``device`` when given; None on a miss."""
@@ -251,12 +280,12 @@ class KVStore:
         tiers = tuple(tier.stats() for tier in self._tiers)
         with self._lock:
             return StoreStats(MappingProxyType(dict(self._hits)), self._misses, self._puts, tiers,
-                              self._writer.queued if self._writer is not None else 0)
+                              self._writer.queued if self._writer is not None else 0, self._rejected)
 
     def reset_stats(self) -> None:
         with self._lock:
             self._hits.clear()
-            self._misses = self._puts = 0
+            self._misses = self._puts = self._rejected = 0
         for tier in self._tiers:
             tier.reset_counters()
 
