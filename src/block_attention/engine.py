@@ -148,18 +148,16 @@ class BlockAttentionEngine:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        cfg = self.text_config
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        element = torch.finfo(next(self.model.parameters()).dtype).bits // 8
-        head_dim = self.rotary.head_dim if self.rotary else getattr(cfg, "head_dim", None) or \
-            cfg.hidden_size // cfg.num_attention_heads
-        return 2 * cfg.num_hidden_layers * kv_heads * head_dim * element
+        geometry = self.kv_geometry
+        element = torch.finfo(geometry.dtype).bits // 8
+        return 2 * geometry.layers * geometry.kv_heads * geometry.head_dim * element
 
     @property
     def kv_geometry(self) -> KVGeometry:
         """Layers, KV heads, head_dim and dtype of every block KV this model computes."""
         cfg = self.text_config
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        kv_heads = (self.rotary.kv_heads if self.rotary else 0) or getattr(cfg, "num_key_value_heads", None) \
+            or cfg.num_attention_heads  # measured first: GPT-NeoX ignores a configured num_key_value_heads
         head_dim = self.rotary.head_dim if self.rotary else getattr(cfg, "head_dim", None) or \
             cfg.hidden_size // cfg.num_attention_heads
         return KVGeometry(int(cfg.num_hidden_layers), int(kv_heads), int(head_dim),

@@ -41,6 +41,10 @@ class TrainingDataError(BlockAttentionError, ValueError):
     """A training example or data file is malformed."""
 
 
+class DataFormatError(BlockAttentionError, ValueError):
+    """An evaluation data file is missing, unreadable or malformed."""
+
+
 # -- retrieval --------------------------------------------------------------------------------------------------
 
 class RetrievalError(BlockAttentionError):

@@ -54,6 +54,7 @@ class RotaryInfo:
     interleaved: bool  # GPT-J style pairs (2j, 2j+1) instead of rotate-half pairs (j, j + rotary_dim/2)
     exact_limit: int | None  # total prompt length beyond which reuse would not be exact (None: no limit)
     limit_reason: str | None
+    kv_heads: int = 0  # KV heads the model actually caches (measured by the probe; 0 = unknown)
 
     def __post_init__(self) -> None:
         assert self.layers and 0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0
@@ -231,8 +232,9 @@ def inspect_model(model: torch.nn.Module) -> RotaryInfo:
     if any(layer.inv_freq.numel() * 2 != rotary_dim for layer in layers):
         raise UnsupportedModelError(f"Model type {model_type!r} rotates different numbers of dims per layer; "
                                     "block re-encoding assumes one rotary width.")
-    head_dim, interleaved = _probe(model, layers, rotary_dim, model_type)
-    return RotaryInfo(tuple(layers), "+".join(sorted(rope_types)), head_dim, rotary_dim, interleaved, limit, reason)
+    head_dim, kv_heads, interleaved = _probe(model, layers, rotary_dim, model_type)
+    return RotaryInfo(tuple(layers), "+".join(sorted(rope_types)), head_dim, rotary_dim, interleaved, limit, reason,
+                      kv_heads)
 
 
 @torch.inference_mode()
@@ -246,10 +248,12 @@ def _probe_cache(model: torch.nn.Module, ids: torch.Tensor, start: int) -> list[
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int, model_type: str) -> tuple[int, bool]:
+def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int,
+           model_type: str) -> tuple[int, int, bool]:
     """Measure the rotation: keys cached at ``p..p+n-1`` must be those at ``0..n-1`` rotated by ``p``.
 
-    Returns ``(head_dim, interleaved)``; raises :class:`UnsupportedModelError` when no supported layout fits.
+    Returns ``(head_dim, kv_heads, interleaved)`` (what the cache really holds: GPT-NeoX ignores a configured
+    ``num_key_value_heads``); raises :class:`UnsupportedModelError` when no supported layout fits.
     """
     param = next(model.parameters())
     vocab = int(model.get_input_embeddings().num_embeddings)
@@ -286,7 +290,7 @@ def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int, m
     errors = {False: error(False), True: error(True)}
     for interleaved in (False, True):
         if errors[interleaved] <= tol:
-            return head_dim, interleaved
+            return head_dim, int(at_zero[0][0].shape[1]), interleaved
     raise UnsupportedModelError(
         f"Model type {model_type!r}: keys cached at shifted positions are not the model's RoPE rotation of the "
         f"keys at 0..n-1 on the leading {rotary_dim} of {head_dim} dims (relative error {min(errors.values()):.2g} "

@@ -18,11 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..blocks import Block
-from ..errors import BlockAttentionError
-
-
-class DataFormatError(BlockAttentionError, ValueError):
-    """An evaluation data file is missing, unreadable or malformed."""
+from ..errors import DataFormatError
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ class StoreConfig:
       TLS, ``unix://``); ``None`` disables it. ``remote_ttl_s``: optional expiry of remote entries (seconds);
       ``remote_max_value_bytes``: larger entries are not written remotely; ``remote_timeout_s``: socket timeout
       of every Redis call (a slow or down Redis costs at most this, then a miss).
+    * ``kv_codec``: how the disk and remote tiers store KV: ``"none"`` (exact, the default) or ``"int8"``
+      (:mod:`block_attention.store.codec`: about half the bytes of bf16, a small logit error; the memory tier always
+      holds exact KV).
     """
 
     memory_bytes: int = 2 * GiB
@@ -48,6 +51,7 @@ class StoreConfig:
     remote_ttl_s: int | None = None
     remote_max_value_bytes: int = 256 * 1024**2
     remote_timeout_s: float = 0.5
+    kv_codec: str = "none"
 
     def __post_init__(self) -> None:
         _check_memory_bytes(self.memory_bytes)
@@ -60,6 +64,9 @@ class StoreConfig:
             raise ConfigError(f"StoreConfig.write_queue must be a positive integer, got {self.write_queue!r}; pass "
                               "e.g. write_queue=256.")
         _check_remote(self)
+        if self.kv_codec not in ("none", "int8"):
+            raise ConfigError(f"StoreConfig.kv_codec must be 'none' or 'int8', got {self.kv_codec!r}; pass "
+                              "kv_codec='int8' to halve disk and remote bytes (lossy), or 'none'.")
 
     @property
     def memory_enabled(self) -> bool:

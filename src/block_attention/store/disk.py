@@ -111,7 +111,8 @@ class DiskTier(KVTier):
 
     name = "disk"
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, *, codec: str = "none") -> None:
+        self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec
         self._directory = os.path.abspath(os.fspath(directory))
         self._max_bytes = max_bytes
         self._corrupt_dropped = 0
@@ -243,7 +244,7 @@ class DiskTier(KVTier):
 
     def put(self, key: CacheKey, kv: BlockKV) -> bool:
         """Serialize ``kv`` (moved to CPU) and write it."""
-        return self.put_bytes(key, serialize.dumps(key, kv))
+        return self.put_bytes(key, serialize.dumps(key, kv, self._codec))  # type: ignore[arg-type]
 
     def delete(self, key: CacheKey) -> bool:
         return self._delete_row(key.as_str())

@@ -58,11 +58,13 @@ class RedisTier(KVTier):
     name = "remote"
 
     def __init__(self, url: str, *, ttl_s: int | None = None, max_value_bytes: int = 256 * 1024**2,
-                 timeout_s: float = 0.5, retry_after_s: float = 2.0, prefix: str = DEFAULT_PREFIX) -> None:
+                 timeout_s: float = 0.5, retry_after_s: float = 2.0, prefix: str = DEFAULT_PREFIX,
+                 codec: str = "none") -> None:
         redis = _redis()
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec
         self._errors_mod = redis.exceptions
         self._url = url
         self._ttl_s = ttl_s
@@ -157,7 +159,7 @@ class RedisTier(KVTier):
     def put(self, key: CacheKey, kv: BlockKV) -> bool:
         if not self._available():
             return False
-        data = serialize.dumps(key, kv)
+        data = serialize.dumps(key, kv, self._codec)  # type: ignore[arg-type]
         if len(data) > self._max_value_bytes:
             logger.warning("KV entry %s (%d bytes) is larger than the remote tier's value cap (%d bytes); not "
                            "writing it.", key.as_str(), len(data), self._max_value_bytes)

@@ -115,12 +115,13 @@ def tiers_from_config(config: StoreConfig) -> list[KVTier]:
     if config.memory_enabled:
         tiers.append(MemoryTier(config.memory_bytes))
     if config.disk_dir is not None:
-        tiers.append(DiskTier(config.disk_dir, config.disk_bytes))
+        tiers.append(DiskTier(config.disk_dir, config.disk_bytes, codec=config.kv_codec))
     if config.remote_url is not None:
         from block_attention.store.remote import RedisTier  # needs the optional redis client
 
         tiers.append(RedisTier(config.remote_url, ttl_s=config.remote_ttl_s,
-                               max_value_bytes=config.remote_max_value_bytes, timeout_s=config.remote_timeout_s))
+                               max_value_bytes=config.remote_max_value_bytes, timeout_s=config.remote_timeout_s,
+                               codec=config.kv_codec))
     return tiers
 
 
