@@ -190,8 +190,9 @@ class BlockAttentionEngine:
     def _fit(self, blocks: list[Block], question: str, system: str | None, history: Sequence[Message],
              mode: Mode, max_new_tokens: int) -> tuple[PromptLayout, tuple[str, ...]]:
         limit, reason = self.max_positions, f"the model's context window is {self.max_positions} tokens"
-        if mode == "block" and self.rotary is not None and self.rotary.exact_limit is not None and self.rotary.exact_limit < limit:
-            limit, reason = self.rotary.exact_limit, str(self.rotary.limit_reason)
+        exact = self.rotary.exact_limit if self.rotary is not None else None
+        if mode == "block" and exact is not None and exact < limit:
+            limit, reason = exact, str(self.rotary.limit_reason)
         dropped: list[str] = []
         while True:
             layout = self.builder.layout(blocks, question, system, history)
