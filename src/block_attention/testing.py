@@ -3,7 +3,9 @@
 Nothing here downloads anything. :func:`tiny_tokenizer` trains a small byte-level BPE tokenizer (exact text
 round trip, a ChatML chat template, BOS/EOS/pad) from built-in text; :func:`tiny_model` builds a randomly
 initialised causal LM of a given family from its config with a fixed seed. Random weights produce fluent-looking
-nonsense: they exercise every code path exactly, not answer quality.
+nonsense: they exercise every code path exactly, not answer quality. :data:`ARCHITECTURES` is the registry of
+tiny models the oracle tests prove exact (and the README table lists); :data:`REFUSED` the models whose block mode
+must be refused.
 """
 
 from __future__ import annotations
