@@ -16,8 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "ttft.py"
-METHODS = {"full", "prefix_miss", "prefix_same_docs", "prefix_identical", "block_cold", "block_warm_memory",
-           "block_warm_disk", "block_warm_disk_cold", "lower_bound"}
+METHODS = {"full", "prefix_miss", "prefix_same_docs", "prefix_identical", "block_cold", "block_cold_fused",
+           "block_warm_memory", "block_warm_disk", "block_warm_disk_cold", "lower_bound"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def test_quick_warm_runs_hit_the_cache(quick_run):
     for n, hits in result["hits"].items():
         cold, mem = hits["block_cold"], hits["block_warm_memory"]
         disk, disk0 = hits["block_warm_disk"], hits["block_warm_disk_cold"]
-        assert cold["misses"] == cold["blocks"] and cold["encoded_tokens"] > 0, (n, cold)
+        for c in (cold, hits["block_cold_fused"]):
+            assert c["misses"] == c["blocks"] and c["encoded_tokens"] > 0, (n, c)
         assert mem["memory_hits"] == mem["blocks"] and mem["misses"] == 0, (n, mem)
         for d in (disk, disk0):  # a restarted store: every block read back from the disk tier
             assert d["disk_hits"] == d["blocks"] and d["misses"] == 0 and d["memory_hits"] == 0, (n, d)
