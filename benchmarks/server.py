@@ -35,7 +35,7 @@ import torch
 
 from block_attention import BlockAttentionEngine, StoreConfig
 from block_attention.server import ServerSettings, ServerThread, create_app
-from block_attention.store.redis_server import RedisProcess
+from block_attention.testing.redis_server import RedisProcess
 
 METHODS = ("full", "block_cold", "warm_remote", "warm_memory")
 LABELS = {"full": "full prefill", "block_cold": "block cold (encode + store)",

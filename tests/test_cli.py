@@ -11,7 +11,7 @@ import torch
 from block_attention.models import load_engine
 from block_attention.pipeline import PipelineConfig, RAGPipeline
 from block_attention.retrieval import Retriever
-from test_pipeline import FACTS
+from block_attention.testing import INVENTED_FACTS as FACTS
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,7 @@ import torch
 from block_attention import Block, BlockAttentionEngine, EngineConfig, GenerationConfig, PromptConfig
 from block_attention.errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from block_attention.oracle import reference_greedy, reference_logits
-from block_attention.testing import FAMILIES, refused_model, tiny_model
-from test_rope import ROPE_VARIANTS
+from block_attention.testing import FAMILIES, ROPE_VARIANTS, refused_model, tiny_model
 
 QUESTION = "Where did the lighthouse stand?"
 

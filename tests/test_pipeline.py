@@ -7,14 +7,8 @@ import pytest
 from block_attention import BlockAttentionEngine, EngineConfig, StoreConfig
 from block_attention.pipeline import PipelineConfig, RAGPipeline
 from block_attention.retrieval import Retriever
+from block_attention.testing import INVENTED_FACTS as FACTS
 
-FACTS = {
-    "zarnok.md": "# Zarnok\nThe Zarnok bridge in Velmora is 812 metres long and was opened in 1931.",
-    "quillan.md": "# Quillan\nQuillan pears ripen in late October and are grown on the slopes of Mount Ostrel.",
-    "teodra.md": "# Teodra\nThe composer Teodra Vask wrote eleven symphonies, the last in a lighthouse at Cape Fenn.",
-    "mirrow.md": "# Mirrow\nMirrow station is the coldest weather station of the Hallet archipelago, at minus 61 degrees.",
-    "pellin.md": "# Pellin\nThe Pellin ferry crosses the Dusk strait four times a day with up to 90 cars.",
-}
 
 
 @pytest.fixture()

@@ -5,22 +5,7 @@ import torch
 
 from block_attention.errors import UnsupportedModelError
 from block_attention.rope import inspect_model, rotate_keys_, rotation
-from block_attention.testing import WINDOW, architecture_model, tiny_model
-
-ROPE_VARIANTS = {
-    "default": ("llama", {}),
-    "linear": ("llama", dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})),
-    "dynamic": ("llama", dict(rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})),
-    "llama3": ("llama", dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
-                                              "rope_theta": 500000.0})),
-    "yarn": ("qwen2", dict(rope_parameters={"rope_type": "yarn", "factor": 4.0,
-                                            "original_max_position_embeddings": 1024, "rope_theta": 10000.0})),
-    "longrope": ("phi3", dict(original_max_position_embeddings=1024, rope_parameters={
-        "rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
-        "long_factor": [2.0 + 0.1 * i for i in range(8)], "rope_theta": 10000.0})),
-}
-
+from block_attention.testing import ROPE_VARIANTS, WINDOW, architecture_model, tiny_model
 
 @pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
 def test_rotation_by_offset_equals_model_rotary_at_global_position(variant):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.store.redis_server import redis_server_path
+from block_attention.testing.redis_server import redis_server_path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "server.py"

@@ -12,7 +12,7 @@ from block_attention.models import load_engine
 from block_attention.pipeline import PipelineConfig, RAGPipeline
 from block_attention.retrieval import Retriever
 from block_attention.server import ServerSettings, ServerThread, create_app
-from test_pipeline import FACTS
+from block_attention.testing import INVENTED_FACTS as FACTS
 
 
 def test_request_without_documents_retrieves_from_the_index(tmp_path: Path, reference: Any) -> None:

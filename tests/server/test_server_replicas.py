@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from block_attention.store.redis_server import RedisProcess, free_port, redis_server_path
+from block_attention.testing.redis_server import RedisProcess, free_port, redis_server_path
 from block_attention.store.remote import DEFAULT_PREFIX
 from server_helpers import as_blocks, metric
 

@@ -10,7 +10,7 @@ from block_attention import BlockAttentionEngine, StoreConfig
 from block_attention.errors import ConfigError, CorruptEntryError
 from block_attention.store import codec, serialize
 from block_attention.testing import tiny_model
-from store_helpers import key, make_kv
+from block_attention.testing.kv import key, make_kv
 
 QUESTION = "Where did the lighthouse stand?"
 

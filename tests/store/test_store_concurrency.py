@@ -25,7 +25,8 @@ ENGINE_WORKER = """
     torch.set_num_threads(1)
     from block_attention import Block, BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
     from block_attention.testing import tiny_model, tiny_tokenizer
-    from test_store_fuzz import DOCS, QUESTION
+    from block_attention.testing import SAMPLE_QUESTION as QUESTION, sample_blocks
+    DOCS = sample_blocks()
     directory, seed, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     rng = random.Random(seed)
     model, tok = tiny_model("llama", seed=0), tiny_tokenizer()
@@ -53,7 +54,7 @@ KILLED_WRITERS = """
     from block_attention.store import serialize
     from block_attention.store.disk import DiskTier
     from block_attention.store.keys import CacheKey
-    from store_helpers import make_kv
+    from block_attention.testing.kv import make_kv
     directory, seconds = sys.argv[1], float(sys.argv[2])
     rng = random.Random(7)
     blobs = [(CacheKey("writer", f"w{i}", "h"), make_kv(i, n_tokens=768)) for i in range(12)]  # ~384 KiB each
@@ -109,7 +110,8 @@ def test_four_processes_with_writers_killed_repeatedly(tmp_path: Path) -> None:
 
     from block_attention import BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
     from block_attention.testing import tiny_model, tiny_tokenizer
-    from test_store_fuzz import DOCS, QUESTION
+    from block_attention.testing import SAMPLE_QUESTION as QUESTION, sample_blocks
+    DOCS = sample_blocks()
 
     model, tok = tiny_model("llama", seed=0), tiny_tokenizer()
     want = BlockAttentionEngine(model, tok, EngineConfig(prompt=PromptConfig()), store=False).prefill(

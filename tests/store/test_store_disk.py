@@ -16,7 +16,7 @@ from block_attention.errors import StoreError
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier, value_relpath
 from block_attention.store.keys import CacheKey
-from store_helpers import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
 
 MiB = 1024**2
 SMALL = dict(n_tokens=8)  # 4 KiB of tensors

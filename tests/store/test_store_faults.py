@@ -21,7 +21,7 @@ import pytest
 from block_attention.errors import StoreError
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier, value_relpath
-from store_helpers import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
 
 MiB = 1024**2
 LARGE = dict(n_tokens=128)  # ~64 KiB per entry
@@ -58,7 +58,7 @@ def _consistent(directory: Path) -> None:
 TRUNCATE_LIVE = """
     import os, sys
     from block_attention.store.disk import DiskTier
-    from store_helpers import key, make_kv
+    from block_attention.testing.kv import key, make_kv
     directory = sys.argv[1]
     tier = DiskTier(directory, 64 << 20)
     for i in range(20):
@@ -165,7 +165,7 @@ def test_planted_entries_are_swept_at_open_without_following(tmp_path: Path) -> 
 WRITER = """
     import sys
     from block_attention.store.disk import DiskTier
-    from store_helpers import key, make_kv
+    from block_attention.testing.kv import key, make_kv
     tier = DiskTier(sys.argv[1], int(sys.argv[2]))
     i = 0
     print("ready", flush=True)
@@ -264,7 +264,7 @@ def test_small_budget_does_not_empty_itself(tmp_path: Path) -> None:
 READ_ONLY = """
     import sys
     from block_attention.store.disk import DiskTier
-    from store_helpers import key, make_kv, kv_bitwise_equal
+    from block_attention.testing.kv import key, make_kv, kv_bitwise_equal
     tier = DiskTier(sys.argv[1], 64 << 20)
     assert tier.read_only
     got = tier.get(key(doc="a"))

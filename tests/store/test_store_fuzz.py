@@ -17,20 +17,14 @@ import torch
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
 from block_attention.store.disk import DiskTier, value_digest
-from block_attention.testing import tiny_model
+from block_attention.testing import SAMPLE_QUESTION as QUESTION
+from block_attention.testing import sample_blocks, tiny_model
 
 SEED = 1515
 CORRUPTIONS = 240
-QUESTION = "Where did the lighthouse stand?"
 BUDGET = 1 << 20
+DOCS = sample_blocks()
 
-DOCS = [
-    Block("The lighthouse of Alexandria stood on the island of Pharos for sixteen centuries.", "pharos"),
-    Block("Block attention caches each retrieved passage separately and reuses it in any order.", "blocks"),
-    Block("The quick brown fox jumps over the lazy dog; it did so in 1999 and again in 2004.", "fox"),
-    Block("Users ask questions about documents, and the model answers with facts from the passage.", "users"),
-    Block("Rock lighthouses were built on reefs far from shore, lit by oil lamps and later by electricity.", "rock"),
-]
 REQUESTS = [[0, 1, 2], [2, 0], [3, 4, 1], [4, 0, 2, 3], [1]]
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from block_attention.store.memory import MemoryTier
-from store_helpers import make_kv
+from block_attention.testing.kv import make_kv
 
 ENTRY = make_kv().nbytes  # 4096 bytes
 

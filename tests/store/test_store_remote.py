@@ -11,9 +11,9 @@ import redis
 from block_attention.errors import ConfigError, StoreError
 from block_attention.store import KVStore, StoreConfig
 from block_attention.store import serialize
-from block_attention.store.redis_server import RedisProcess
+from block_attention.testing.redis_server import RedisProcess
 from block_attention.store.remote import DEFAULT_PREFIX, RedisTier
-from store_helpers import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
 
 
 def _client(proc: RedisProcess) -> redis.Redis:

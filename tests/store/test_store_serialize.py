@@ -14,7 +14,7 @@ from block_attention.errors import CorruptEntryError
 from block_attention.kv import BlockKV
 from block_attention.store import serialize
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
-from store_helpers import bitwise_equal, key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import bitwise_equal, key, kv_bitwise_equal, make_kv
 
 
 def _envelope(payload: bytes, *, magic: bytes = serialize.MAGIC, version: int = serialize.LAYOUT_VERSION) -> bytes:

@@ -14,7 +14,7 @@ import torch
 from block_attention.errors import ConfigError, StoreError
 from block_attention.store import CacheKey, KVStore, StoreConfig, StoreStats
 from block_attention.store.disk import value_relpath
-from store_helpers import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
 
 MiB = 1024**2
 ENTRY = make_kv().nbytes

@@ -12,7 +12,7 @@ from block_attention.kv import BlockKV
 from block_attention.store import CacheKey, KVStore, KVTier, StoreConfig, TierStats
 from block_attention.store import serialize
 from block_attention.store.memory import MemoryTier
-from store_helpers import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
 
 ENTRY = make_kv().nbytes
 

@@ -166,10 +166,10 @@ def sensitive_llama() -> Any:
 
 
 @pytest.mark.parametrize("kind", ["llm", "chat"])
-def test_llm_cache_keys_on_documents(sensitive_llama: Any, tiny_tok: Any, llm_cache: Any, kind: str) -> None:
+def test_llm_cache_keys_on_documents(sensitive_llama: Any, tok: Any, llm_cache: Any, kind: str) -> None:
     from block_attention import BlockAttentionEngine
 
-    engine, oracle = BlockAttentionEngine(sensitive_llama, tiny_tok), BlockAttentionEngine(sensitive_llama, tiny_tok)
+    engine, oracle = BlockAttentionEngine(sensitive_llama, tok), BlockAttentionEngine(sensitive_llama, tok)
     model: Any = (BlockAttentionLLM if kind == "llm" else ChatBlockAttention)(engine=engine, max_tokens=N)
     uncached = [oracle.generate(to_blocks(docs), QUESTION, max_new_tokens=N).text for docs in (DOCS_A, DOCS_B)]
     assert uncached[0] != uncached[1]

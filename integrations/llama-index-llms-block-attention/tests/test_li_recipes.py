@@ -109,13 +109,13 @@ def test_streaming_query_engine_streams_blocks(make_engine: Any, oracle: Any, re
     assert stats["misses"] == 0 and stats["hits"] == K + 1
 
 
-def test_drop_lowest_nodes_leave_source_nodes(tiny_llama: Any, tiny_tok: Any) -> None:
+def test_drop_lowest_nodes_leave_source_nodes(llama: Any, tok: Any) -> None:
     from block_attention import BlockAttentionEngine, EngineConfig
 
-    engine = BlockAttentionEngine(tiny_llama, tiny_tok, EngineConfig(overflow="drop_lowest"))
+    engine = BlockAttentionEngine(llama, tok, EngineConfig(overflow="drop_lowest"))
     filler = "the keeper climbed the stair and lit the lamp "
     nodes = [TextNode(text=f"Tower {i}. " + filler * 70, id_=f"tower-{i}") for i in range(3)]
-    lengths = [len(tiny_tok(n.text)["input_ids"]) for n in nodes]
+    lengths = [len(tok(n.text)["input_ids"]) for n in nodes]
     assert sum(lengths) > engine.max_positions > sum(lengths[:2]) + 200  # one node must go
     index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
     llm = BlockAttentionLLM(engine=engine, max_new_tokens=2, context_window=100_000)

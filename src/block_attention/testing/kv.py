@@ -1,4 +1,4 @@
-"""Shared helpers of the KV store tests (imported by basename): deterministic block KV tensors and cache keys."""
+"""Test helpers for KV store code: deterministic block KV tensors, bitwise comparison and cache keys."""
 
 from __future__ import annotations
 

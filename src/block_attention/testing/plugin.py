@@ -1,22 +1,26 @@
-"""Fixtures shared by the LangChain and LlamaIndex integration tests: tiny offline model, corpus, index.
+"""The pytest plugin of the project's test suites (core, integrations, examples): shared offline fixtures.
 
-Everything is offline and built once per session: the tiny random llama and its tokenizer, a saved copy of both
-(for lazy-loading tests), a four-file Markdown corpus and a Faiss index of it built with the real default
-embedder. Engines are cheap wrappers, so tests build their own (fresh KV store) with ``make_engine``.
+Load it with ``-p block_attention.testing.plugin`` (the pyproject files of this repository and of both integration
+packages do). On configure it makes the session offline (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) and
+serial-tokenizer; fixtures build everything locally and deterministically:
+
+* ``tok``, ``llama``: the tiny byte-level BPE tokenizer and the seeded random tiny Llama (session-wide);
+* ``docs``: three short scored passages; ``make_engine``: a fresh engine (own memory store) around ``llama``;
+* ``tiny_model_dir``: ``llama`` + ``tok`` saved as a local model folder (for loading paths);
+* ``corpus``, ``corpus_dir``, ``index_dir``, ``index``: a four-file Markdown corpus and a Faiss index of it built with
+  the real default embedder;
+* ``redis_proc``: a private ``redis-server`` on a free loopback port, stopped afterwards (skipped when the Debian
+  package is not installed; ``.ci/run`` installs it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CORPUS = {
     "pharos.md": "# Pharos\nThe lighthouse of Alexandria stood on the island of Pharos. Sostratus of Cnidus built it "
@@ -27,7 +31,12 @@ CORPUS = {
                     "built its third tower in 1759.\n",
     "fox.md": "# Foxes\nThe quick brown fox jumps over the lazy dog; it did so in 1999 and again in 2004.\n",
 }
-MAX_NEW_TOKENS = 6
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,36 +47,50 @@ def _few_threads() -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_tok() -> Any:
+def tok() -> Any:
     from block_attention.testing import tiny_tokenizer
 
     return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def tiny_llama() -> Any:
+def llama() -> Any:
     from block_attention.testing import tiny_model
 
     return tiny_model("llama", seed=0)
 
 
 @pytest.fixture(scope="session")
-def make_engine(tiny_llama: Any, tiny_tok: Any) -> Callable[..., Any]:
+def docs() -> list[Any]:
+    from block_attention import Block
+
+    return [
+        Block("The lighthouse of Alexandria stood on the island of Pharos for sixteen centuries.", "pharos",
+              title="Pharos", score=0.9),
+        Block("Block attention caches each retrieved passage separately and reuses it in any order.", "blocks",
+              score=0.7),
+        Block("The quick brown fox jumps over the lazy dog; it did so in 1999 and again in 2004.", "fox",
+              title="Fox", score=0.5),
+    ]
+
+
+@pytest.fixture(scope="session")
+def make_engine(llama: Any, tok: Any) -> Callable[..., Any]:
     """Build a fresh engine (own in-memory KV store) around the shared tiny model."""
     from block_attention import BlockAttentionEngine
 
     def build(**kwargs: Any) -> Any:
-        return BlockAttentionEngine(tiny_llama, tiny_tok, **kwargs)
+        return BlockAttentionEngine(llama, tok, **kwargs)
 
     return build
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tiny_tok: Any) -> Path:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, llama: Any, tok: Any) -> Path:
     """The tiny model and tokenizer saved as a local model folder (loadable with from_pretrained)."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.save_pretrained(folder)
-    tiny_tok.save_pretrained(folder)
+    llama.save_pretrained(folder)
+    tok.save_pretrained(folder)
     return folder
 
 
@@ -97,10 +120,21 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Pat
 
 
 @pytest.fixture(scope="session")
-def index(index_dir: Path) -> Any:
+def index(index_dir: Path) -> Iterator[Any]:
     """The index opened once for the session (shared by every retriever wrapper in the tests)."""
     from block_attention.retrieval import Retriever
 
     retriever = Retriever.load(index_dir)
     yield retriever
     retriever.close()
+
+
+@pytest.fixture()
+def redis_proc() -> Iterator[Any]:
+    """A private redis-server on a free loopback port, stopped after the test (skipped if not installed)."""
+    from block_attention.testing.redis_server import RedisProcess, redis_server_path
+
+    if redis_server_path() is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server; .ci/run installs it)")
+    with RedisProcess() as proc:
+        yield proc

@@ -232,3 +232,44 @@ def tiny_model(family: str = "llama", seed: int = 0, attn_implementation: str = 
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,
                                              dtype=dtype or torch.float32)
     return model.eval()
+
+
+# RoPE scaling variants the oracle tests cover: name -> (family, config overrides of tiny_config)
+ROPE_VARIANTS = {
+    "default": ("llama", {}),
+    "linear": ("llama", dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})),
+    "dynamic": ("llama", dict(rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})),
+    "llama3": ("llama", dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+                                              "rope_theta": 500000.0})),
+    "yarn": ("qwen2", dict(rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                            "original_max_position_embeddings": 1024, "rope_theta": 10000.0})),
+    "longrope": ("phi3", dict(original_max_position_embeddings=1024, rope_parameters={
+        "rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+        "long_factor": [2.0 + 0.1 * i for i in range(8)], "rope_theta": 10000.0})),
+}
+
+
+# An invented corpus (file name -> Markdown) whose facts no model can know: retrieval and pipeline tests.
+INVENTED_FACTS = {
+    "zarnok.md": "# Zarnok\nThe Zarnok bridge in Velmora is 812 metres long and was opened in 1931.",
+    "quillan.md": "# Quillan\nQuillan pears ripen in late October and are grown on the slopes of Mount Ostrel.",
+    "teodra.md": "# Teodra\nThe composer Teodra Vask wrote eleven symphonies, the last in a lighthouse at Cape Fenn.",
+    "mirrow.md": "# Mirrow\nMirrow station is the coldest weather station of the Hallet archipelago, at minus 61 degrees.",
+    "pellin.md": "# Pellin\nThe Pellin ferry crosses the Dusk strait four times a day with up to 90 cars.",
+}
+
+SAMPLE_QUESTION = "Where did the lighthouse stand?"
+
+
+def sample_blocks() -> list[Any]:
+    """Five short passages with doc ids (store fault and concurrency tests)."""
+    from block_attention.blocks import Block
+
+    return [
+        Block("The lighthouse of Alexandria stood on the island of Pharos for sixteen centuries.", "pharos"),
+        Block("Block attention caches each retrieved passage separately and reuses it in any order.", "blocks"),
+        Block("The quick brown fox jumps over the lazy dog; it did so in 1999 and again in 2004.", "fox"),
+        Block("Users ask questions about documents, and the model answers with facts from the passage.", "users"),
+        Block("Rock lighthouses were built on reefs far from shore, lit by oil lamps and later by electricity.", "rock"),
+    ]
