@@ -2,7 +2,9 @@
 
 Built-in offline names (no download): ``tiny-random`` (a seeded random tiny Llama: every code path is real, the
 answers are gibberish) and ``tiny-block-ft`` (a tiny model block-fine-tuned by ``block_attention.finetune`` on a
-synthetic corpus, shipped in the package when present). Anything else is a local directory or a Hugging Face id
+synthetic corpus, shipped in the package when present) and ``tiny-reader`` (a 1.4M-parameter reader trained by
+``scripts/train_reader.py`` to quote the passage sentence that answers the question; packaged, the demo's
+default when present). Anything else is a local directory or a Hugging Face id
 loaded with transformers (online, or from the local HF cache).
 """
 
@@ -19,6 +21,13 @@ from .store import StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
 BUILTIN_FINETUNED = "tiny-block-ft"
+BUILTIN_READER = "tiny-reader"
+
+
+def reader_checkpoint() -> Path | None:
+    """The packaged ``tiny-reader`` checkpoint directory, or None when this install does not ship it."""
+    path = Path(str(resources.files("block_attention") / "data" / "tiny_reader"))
+    return path if (path / "config.json").is_file() else None
 
 
 def finetuned_checkpoint() -> Path | None:
@@ -27,7 +36,7 @@ def finetuned_checkpoint() -> Path | None:
 
 
 def default_model() -> str:
-    return BUILTIN_RANDOM
+    return BUILTIN_READER if reader_checkpoint() is not None else BUILTIN_RANDOM
 
 
 def describe_model(name: str) -> str:
@@ -36,6 +45,10 @@ def describe_model(name: str) -> str:
                 "and timings are real; the generated text is gibberish.")
     if name == BUILTIN_FINETUNED:
         return "tiny-block-ft: a tiny model block-fine-tuned on the packaged synthetic corpus (see docs)."
+    if name == BUILTIN_READER:
+        return ("tiny-reader: a 1.4M-parameter reader trained from scratch by scripts/train_reader.py (block "
+                "fine-tuned). It answers by quoting the retrieved sentence that best matches the question; expect "
+                "the right sentence for roughly half of the demo questions, not fluent answers (see README).")
     return name
 
 
@@ -55,6 +68,12 @@ def load_engine(name: str, *, cache_dir: str | Path | None = None, memory_bytes:
         if path is None:
             raise ModelLoadError("The tiny-block-ft checkpoint is not packaged in this install; use --model tiny-random "
                                  "or a Hugging Face model id.")
+        name = str(path)
+    if name == BUILTIN_READER:
+        path = reader_checkpoint()
+        if path is None:
+            raise ModelLoadError("The tiny-reader checkpoint is not packaged in this install; retrain it with "
+                                 "python scripts/train_reader.py, or use --model tiny-random.")
         name = str(path)
     try:
         return BlockAttentionEngine.from_pretrained(name, config=config, store=store, dtype=dtype, device=device)
