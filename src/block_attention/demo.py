@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_TOP_K = 4
-DEMO_MAX_NEW_TOKENS = 64  # the reader quotes a whole evidence sentence
+DEMO_MAX_NEW_TOKENS = 96  # the reader quotes a whole evidence sentence (~40-90 tokens)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 Built-in offline names (no download): ``tiny-random`` (a seeded random tiny Llama: every code path is real, the
 answers are gibberish) and ``tiny-block-ft`` (a tiny model block-fine-tuned by ``block_attention.finetune`` on a
-synthetic corpus, shipped in the package when present) and ``tiny-reader`` (a 1.4M-parameter reader trained by
-``scripts/train_reader.py`` to quote the passage sentence that answers the question; packaged, the demo's
-default when present). Anything else is a local directory or a Hugging Face id
+synthetic corpus, shipped in the package when present) and ``tiny-reader`` (a reader trained from scratch by
+``scripts/train_reader.py`` to quote the passage sentence that answers the question; the demo's default when
+packaged, which it is not yet: see docs/finetune_results.md). Anything else is a local directory or a Hugging Face id
 loaded with transformers (online, or from the local HF cache).
 """
 
@@ -46,9 +46,9 @@ def describe_model(name: str) -> str:
     if name == BUILTIN_FINETUNED:
         return "tiny-block-ft: a tiny model block-fine-tuned on the packaged synthetic corpus (see docs)."
     if name == BUILTIN_READER:
-        return ("tiny-reader: a 1.4M-parameter reader trained from scratch by scripts/train_reader.py (block "
-                "fine-tuned). It answers by quoting the retrieved sentence that best matches the question; expect "
-                "the right sentence for roughly half of the demo questions, not fluent answers (see README).")
+        return ("tiny-reader: a small reader trained from scratch by scripts/train_reader.py (block "
+                "fine-tuned). It answers by quoting the retrieved sentence that best matches the question; its "
+                "measured quality is in docs/finetune_results.md.")
     return name
 
 
