@@ -325,7 +325,7 @@ def _keep(model: Any, workdir: Path | None, name: str) -> None:
         save_file(state, workdir / f"{name}.safetensors")
 
 
-def run(config: ReaderConfig, out: Path, quick: bool = False, workdir: Path | None = None) -> Report:
+def run(config: ReaderConfig, out: Path, workdir: Path | None = None) -> Report:
     torch.set_num_threads(config.threads)
     report = Report(config=asdict(config))
     t0 = time.perf_counter()
@@ -461,8 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, num_layers=args.layers)
     if args.warmup_only:
         config = replace(config, warmup_only=True)
-    report = run(config, Path(args.out), quick=args.quick,
-                 workdir=Path(args.workdir) if args.workdir else None)
+    report = run(config, Path(args.out), workdir=Path(args.workdir) if args.workdir else None)
     summary = asdict(report)
     if not (args.quick or args.warmup_only):
         summary["demo"] = demo_report(Path(args.out))

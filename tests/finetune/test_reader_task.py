@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from block_attention.demo import DEMO_TOP_K, answer_demo_questions
 from block_attention.engine import BlockAttentionEngine
 from block_attention.errors import ConfigError
 from block_attention.finetune.reader_task import (
@@ -22,6 +23,7 @@ from block_attention.finetune.reader_task import (
     induction_batch,
     is_correct,
 )
+from block_attention.packaged import demo_questions
 
 _SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_reader.py"
 
@@ -87,4 +89,9 @@ def test_train_reader_quick_end_to_end(tmp_path, capsys):
     assert engine.model.config.block_attention["trained_with"] == "mixed"
     out = engine.generate(["Alpha runs. Beta sits."], "Who sits?", max_new_tokens=4)
     assert isinstance(out.text, str)
-    assert script.main(["--quick"]) == 2  # --quick never replaces the packaged reader
+    assert script.main(["--quick"]) == 2  # --out is required: a run never replaces the packaged reader by accident
+    # a trained checkpoint directory is scored through the demo's own path (retriever top 4 + engine, block mode)
+    question = demo_questions()[0]
+    [answer] = answer_demo_questions(str(tmp_path / "ck"), workdir=tmp_path / "demo", questions=[question.question])
+    assert answer.reference == question.answer and len(answer.passage_ids) == DEMO_TOP_K
+    assert 0.0 <= answer_recall(answer.reference, answer.answer) <= 1.0
