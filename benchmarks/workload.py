@@ -9,7 +9,13 @@ alike):
 * ``prefix``: :class:`PrefixCache`, the previous request's DynamicCache reused up to the longest common prefix.
 * ``full``: plain full prefill, no reuse (reference; ``--no-full`` skips it).
 
-Run alone: ``python benchmarks/workload.py [--quick]``; ``benchmarks/ttft.py`` runs it as one of its sections.
+With ``--musique PATH`` (e.g. ``../shared/data/musique_s.json``: 150 real MuSiQue questions, 10 passages of about
+550 tokens each; MuSiQue, Trivedi et al., TACL 2022, CC BY 4.0) the stream is real text instead: questions are asked
+with Zipf-like popularity, each with its own top-``k`` passages in a noisy relevance order, keyed by content (a
+passage shared by two questions is one cache entry).
+
+Run alone: ``python benchmarks/workload.py [--quick] [--musique PATH]``; ``benchmarks/ttft.py`` runs the synthetic
+stream as one of its sections.
 """
 
 from __future__ import annotations
@@ -44,18 +50,43 @@ def retrieval_stream(corpus: list[Block], n_requests: int, k: int, *, zipf: floa
     return stream
 
 
+def musique_stream(path: str, n_requests: int, k: int, *, zipf: float = 1.0,
+                   seed: int = 0) -> tuple[list[tuple[str, list[Block]]], int]:
+    """``(question, top-k passages)`` requests over a ``ctxs``/``question`` JSON file (MuSiQue form): questions drawn
+    by popularity, each question's passages ordered by a noisy score. Returns the stream and the passage count."""
+    import json as _json
+
+    data = _json.loads(open(path, encoding="utf-8").read())
+    rng = random.Random(seed)
+    ranks = list(range(len(data)))
+    rng.shuffle(ranks)
+    weights = [1.0 / (ranks[i] + 1) ** zipf for i in range(len(data))]
+    passages = {c["text"] for item in data for c in item["ctxs"]}
+    stream = []
+    for _ in range(n_requests):
+        item = data[rng.choices(range(len(data)), weights)[0]]
+        ctxs = [Block(c["text"], title=c.get("title") or None) for c in item["ctxs"]]  # keyed by content digest
+        noisy = sorted(range(len(ctxs)), key=lambda j: j + rng.gauss(0, 2.0))  # retrieval order varies per ask
+        stream.append((item["question"], [ctxs[j] for j in noisy[:k]]))
+    return stream, len(passages)
+
+
 def run_workload(model: Any, tokenizer: Any, *, device: str, corpus: list[Block], questions: list[str], k: int,
-                 n_requests: int, include_full: bool = True, seed: int = 0, log: Any = print) -> dict[str, Any]:
-    stream = retrieval_stream(corpus, n_requests, k, seed=seed)
+                 n_requests: int, include_full: bool = True, seed: int = 0, log: Any = print,
+                 requests: list[tuple[str, list[Block]]] | None = None) -> dict[str, Any]:
+    """Serve the stream (synthetic from ``corpus``/``questions``, or the given ``requests``) with all methods."""
+    if requests is None:
+        requests = [(questions[i % len(questions)], docs)
+                    for i, docs in enumerate(retrieval_stream(corpus, n_requests, k, seed=seed))]
+    n_requests = len(requests)
     block = BlockAttentionEngine(model, tokenizer, store=StoreConfig(memory_bytes=64 * 1024**3,
                                                                      memory_device=device if device != "cpu" else None))
     full_engine = BlockAttentionEngine(model, tokenizer, store=False)
     prefix = bc.PrefixCache(full_engine)
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
-    for i, docs in enumerate(stream):
+    for i, (question, docs) in enumerate(requests):
         bc.collect()
-        question = questions[i % len(questions)]
         row: dict[str, Any] = {"docs": [b.key for b in docs]}
         doc_hits = sum(b.key in seen for b in docs)
         seen.update(b.key for b in docs)
@@ -77,7 +108,8 @@ def run_workload(model: Any, tokenizer: Any, *, device: str, corpus: list[Block]
             f"({row['block']['hits']}/{row['block']['blocks']} blocks hit), prefix {bc.fmt_ms(row['prefix']['ttft_s'])}"
             f" ms (reused {row['prefix']['reused_tokens']}/{row['prefix']['prompt_tokens']} tokens)"
             + (f", full {bc.fmt_ms(row['full']['ttft_s'])} ms" if include_full else ""))
-    return summarize(rows, k=k, corpus=len(corpus), include_full=include_full)
+    return summarize(rows, k=k, corpus=len(corpus) or len({b.key for _, d in requests for b in d}),
+                     include_full=include_full)
 
 
 def summarize(rows: list[dict[str, Any]], *, k: int, corpus: int, include_full: bool) -> dict[str, Any]:
@@ -150,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--corpus", type=int, default=None)
     ap.add_argument("--passage-tokens", type=int, default=None)
     ap.add_argument("--no-full", action="store_true")
+    ap.add_argument("--musique", default=None, metavar="PATH",
+                    help="real passages: a ctxs/question JSON file such as ../shared/data/musique_s.json")
     args = ap.parse_args(argv)
     if args.threads or args.quick:
         bc.torch.set_num_threads(args.threads or 1)
@@ -157,14 +191,21 @@ def main(argv: list[str] | None = None) -> None:
     n = args.requests or (8 if args.quick else 24)
     corpus_n = args.corpus or (12 if args.quick else 48)
     ptoks = args.passage_tokens or (128 if args.quick else 256)
+    requests, corpus, questions = None, [], []
+    if args.musique:
+        requests, corpus_n = musique_stream(args.musique, n, k)
+        ptoks = 700  # MuSiQue passages are about 550 tokens; room for the longest
     model, tok, desc = bc.build_model(args.model, quick=args.quick, dtype=bc.parse_dtype(args.dtype),
                                       device=args.device, max_positions=k * ptoks + 4096)
     engine = BlockAttentionEngine(model, tok, store=False)
-    corpus = bc.make_passages(engine.builder, corpus_n, ptoks, prefix="corpus")
-    questions = [bc.make_question(engine, 50, seed=i) for i in range(8)]
+    if requests is None:
+        corpus = bc.make_passages(engine.builder, corpus_n, ptoks, prefix="corpus")
+        questions = [bc.make_question(engine, 50, seed=i) for i in range(8)]
     t0 = time.perf_counter()
     w = run_workload(model, tok, device=args.device, corpus=corpus, questions=questions, k=k, n_requests=n,
-                     include_full=not args.no_full)
+                     include_full=not args.no_full, requests=requests)
+    if args.musique:
+        w["data"] = f"{args.musique} (MuSiQue, {corpus_n} distinct passages)"
     print_summary(w)
     w.pop("rows")
     print(json.dumps({"benchmark": "workload", "model": desc, "workload": w,

@@ -2,24 +2,70 @@
 
 Prints which model it uses and what quality to expect, the answers, their sources, and a TTFT / cache table.
 The retriever and the engine (with its disk tier) are closed before the temporary directory is removed.
+The default model is the packaged ``tiny-reader`` when it is installed, else ``tiny-random``.
+
+:func:`answer_demo_questions` runs the same path (ingest a corpus folder, retrieve top 4, answer in one mode)
+without printing: the reader's quality tests and its training report score its answers with it.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+DEMO_TOP_K = 4
+DEMO_MAX_NEW_TOKENS = 96  # the reader quotes a whole evidence sentence (~40-90 tokens)
+
+
+@dataclass(frozen=True)
+class DemoAnswer:
+    """One demo question, its reference answer, the model's answer and the retrieved passage ids."""
+
+    question: str
+    reference: str
+    answer: str
+    passage_ids: tuple[str, ...]
+
+
+def answer_demo_questions(model: str, *, corpus: str | Path | None = None, mode: str = "block",
+                          workdir: str | Path | None = None, questions: Sequence[str] | None = None,
+                          device: str | None = None) -> list[DemoAnswer]:
+    """Ingest ``corpus`` (default: the packaged one), answer the demo questions through the demo's pipeline."""
+    from .config import EngineConfig
+    from .models import load_engine
+    from .packaged import demo_corpus_dir, demo_questions
+    from .pipeline import PipelineConfig, RAGPipeline
+    from .retrieval import Retriever
+
+    items = demo_questions()
+    if questions is not None:
+        items = [q for q in items if q.question in set(questions)]
+    with tempfile.TemporaryDirectory(prefix="block-attention-demo-") as tmp:
+        root = Path(workdir or tmp)
+        with Retriever.create(root / "index") as retriever, \
+                load_engine(model, config=EngineConfig(), device=device) as engine:
+            retriever.ingest(Path(corpus) if corpus else demo_corpus_dir(), show_progress=False)
+            pipe = RAGPipeline(retriever, engine, PipelineConfig(top_k=DEMO_TOP_K))
+            out = []
+            for item in items:
+                result = pipe.answer(item.question, max_new_tokens=DEMO_MAX_NEW_TOKENS, mode=mode)
+                out.append(DemoAnswer(item.question, item.answer, result.text.strip(),
+                                      tuple(src.passage.passage_id for src in result.sources)))
+    return out
 
 
 def run_demo(model: str | None = None, workdir: str | None = None, questions: int = 3,
              device: str | None = None) -> int:
     from .config import EngineConfig
-    from .models import BUILTIN_RANDOM, describe_model, load_engine
+    from .models import default_model, describe_model, load_engine
     from .packaged import demo_corpus_dir, demo_questions
     from .pipeline import PipelineConfig, RAGPipeline
     from .retrieval import Retriever
 
-    name, corpus = model or BUILTIN_RANDOM, demo_corpus_dir()
+    name, corpus = model or default_model(), demo_corpus_dir()
     all_questions = [q.question for q in demo_questions()]
     print("Block-Attention RAG demo (offline)")
     print(f"  model : {describe_model(name)}")
@@ -33,13 +79,13 @@ def run_demo(model: str | None = None, workdir: str | None = None, questions: in
                 load_engine(name, cache_dir=root / "kv_cache", config=EngineConfig(), device=device) as engine:
             report = retriever.ingest(corpus, show_progress=False)
             print(f"ingested: {report.summary()}")
-            pipe = RAGPipeline(retriever, engine, PipelineConfig(top_k=4))
+            pipe = RAGPipeline(retriever, engine, PipelineConfig(top_k=DEMO_TOP_K))
             rows = []
             for question in all_questions[:questions]:
                 print(f"\nQ: {question}")
-                cold = pipe.answer(question, max_new_tokens=32)
-                warm = pipe.answer(question, max_new_tokens=32)
-                full = pipe.answer(question, max_new_tokens=32, mode="full")
+                cold = pipe.answer(question, max_new_tokens=DEMO_MAX_NEW_TOKENS)
+                warm = pipe.answer(question, max_new_tokens=DEMO_MAX_NEW_TOKENS)
+                full = pipe.answer(question, max_new_tokens=DEMO_MAX_NEW_TOKENS, mode="full")
                 print(f"A (block): {cold.text.strip()!r}")
                 print(f"A (full) : {full.text.strip()!r}")
                 for i, src in enumerate(cold.sources, 1):

@@ -23,8 +23,13 @@ from .errors import BlockAttentionError, ConfigError, ModelLoadError
 from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
-# built-in name -> (folder under block_attention/data, one-line description); listed only when shipped
-PACKAGED_CHECKPOINTS: dict[str, tuple[str, str]] = {}
+BUILTIN_READER = "tiny-reader"
+# built-in name -> (folder under block_attention/data, one-line description, how to get it when not shipped)
+PACKAGED_CHECKPOINTS: dict[str, tuple[str, str, str]] = {
+    BUILTIN_READER: ("tiny_reader", "a small reader trained from scratch by scripts/train_reader.py (block fine-tuned). "
+                     "It answers by quoting the retrieved sentence that best matches the question; its measured "
+                     "quality is in docs/finetune_results.md.", "retrain it with python scripts/train_reader.py --out DIR"),
+}
 
 
 def check_device(device: str | None) -> str | None:
@@ -64,13 +69,19 @@ def packaged_checkpoint(name: str) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def reader_checkpoint() -> Path | None:
+    """The packaged ``tiny-reader`` folder, or None (it is not shipped yet: docs/finetune_results.md)."""
+    return packaged_checkpoint(BUILTIN_READER)
+
+
 def builtin_names() -> tuple[str, ...]:
     """Names :func:`load_engine` resolves offline, without a download."""
     return (BUILTIN_RANDOM, *(n for n in PACKAGED_CHECKPOINTS if packaged_checkpoint(n) is not None))
 
 
 def default_model() -> str:
-    return BUILTIN_RANDOM
+    """``tiny-reader`` when it is packaged, else ``tiny-random``."""
+    return BUILTIN_READER if reader_checkpoint() is not None else BUILTIN_RANDOM
 
 
 def describe_model(name: str) -> str:
@@ -126,8 +137,8 @@ def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None,
     if name in PACKAGED_CHECKPOINTS:
         path = packaged_checkpoint(name)
         if path is None:
-            raise ModelLoadError(f"The {name} checkpoint is not packaged in this install; use --model "
-                                 f"{BUILTIN_RANDOM} or a Hugging Face model id.")
+            raise ModelLoadError(f"The {name} checkpoint is not packaged in this install; "
+                                 f"{PACKAGED_CHECKPOINTS[name][2]}, or use --model {BUILTIN_RANDOM}.")
         name = str(path)
     try:
         return BlockAttentionEngine.from_pretrained(name, config=config, store=store, dtype=dtype, device=device,
