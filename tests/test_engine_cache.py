@@ -89,10 +89,9 @@ def test_disk_hit_in_another_process_is_bitwise_identical(tok, docs, llama, tmp_
         import hashlib, json
         from block_attention import BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
         from block_attention.testing import tiny_model, tiny_tokenizer
+        from block_attention.testing.plugin import docs as docs_fixture
         from test_engine_cache import _digest
-        from conftest import *  # noqa: offline env
-        import conftest
-        docs = conftest.docs.__wrapped__()
+        docs = docs_fixture.__wrapped__()
         e = BlockAttentionEngine(tiny_model("llama", seed=0), tiny_tokenizer(), EngineConfig(prompt=PromptConfig()),
                                  store=StoreConfig(memory_bytes=64 << 20, disk_dir={str(tmp_path / "kv")!r}))
         out = e.prefill(docs, {QUESTION!r})

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..compat import cache_kwargs
 from ..config import Mode
 from ..errors import ConfigError
 from .data import EvalExample
@@ -170,7 +171,8 @@ def teacher_forced_logits(engine: Any, example: EvalExample, spec: ModeSpec, con
     start = out.layout.total_len
     ids = torch.tensor([list(continuation[:-1])], dtype=torch.long, device=device)  # [1, g-1]
     positions = torch.arange(start, start + ids.shape[1], device=device)[None]  # [1, g-1]
-    more = engine.model(input_ids=ids, position_ids=positions, past_key_values=out.cache, use_cache=True).logits[0]
+    more = engine.model(input_ids=ids, position_ids=positions, **cache_kwargs(engine.model, out.cache),
+                        use_cache=True).logits[0]
     return torch.cat([first, more], dim=0)  # [g, V]
 
 
