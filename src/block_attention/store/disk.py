@@ -55,7 +55,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from block_attention.errors import CorruptEntryError, StoreError
+from block_attention.errors import StoreError
 from block_attention.kv import BlockKV
 from block_attention.store import serialize
 from block_attention.store.keys import CacheKey
@@ -189,14 +189,7 @@ class DiskTier(KVTier):
 
     def get(self, key: CacheKey) -> BlockKV | None:
         """Validated entry for ``key`` (CPU tensors), or None; a corrupt entry is dropped and counted."""
-        data = self.get_bytes(key)
-        if data is None:
-            return None
-        try:
-            return serialize.loads(key, data)
-        except CorruptEntryError as exc:
-            self.drop_corrupt(key, str(exc))
-            return None
+        return serialize.loads_or_drop(key, self.get_bytes(key), self.drop_corrupt)
 
     def contains(self, key: CacheKey) -> bool:
         """Whether an index row exists for ``key`` (not validated; does not touch recency)."""

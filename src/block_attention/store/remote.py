@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any
 
-from block_attention.errors import CorruptEntryError, StoreError
+from block_attention.errors import StoreError
 from block_attention.kv import BlockKV
 from block_attention.store import serialize
 from block_attention.store.keys import CacheKey
@@ -148,13 +148,7 @@ class RedisTier(KVTier):
             self._fault("a read", exc)
             return None
         self._ok()
-        if data is None:
-            return None
-        try:
-            return serialize.loads(key, data)
-        except CorruptEntryError as exc:
-            self._drop_corrupt(key, str(exc))
-            return None
+        return serialize.loads_or_drop(key, data, self._drop_corrupt)
 
     def put(self, key: CacheKey, kv: BlockKV) -> bool:
         if not self._available():

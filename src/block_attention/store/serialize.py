@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import load as st_load
@@ -64,6 +65,17 @@ def loads(key: CacheKey, data: bytes) -> BlockKV:
     if codec == "none":
         return _check_tensors(tensors, metadata)
     return codecs.decode(tensors, codec, _dtype_of(metadata.get("dtype")), _shape_of(metadata.get("shape")))
+
+
+def loads_or_drop(key: CacheKey, data: bytes | None, drop: Callable[[CacheKey, str], None]) -> BlockKV | None:
+    """:func:`loads` for a tier's ``get``: ``None`` for no data, and for bad data after ``drop(key, reason)``."""
+    if data is None:
+        return None
+    try:
+        return loads(key, data)
+    except CorruptEntryError as exc:
+        drop(key, str(exc))
+        return None
 
 
 def _dtype_of(name: str | None) -> torch.dtype:
