@@ -34,7 +34,7 @@ from typing import Any
 
 from block_attention.errors import StoreError
 from block_attention.kv import BlockKV
-from block_attention.store import serialize
+import block_attention.store.serialize as serialize
 from block_attention.store.keys import CacheKey
 from block_attention.store.tier import KVTier, TierStats
 

@@ -26,7 +26,7 @@ from safetensors.torch import save as st_save
 
 from block_attention.errors import CorruptEntryError
 from block_attention.kv import BlockKV
-from block_attention.store import codec as codecs
+from block_attention.store.codec import CODECS, Codec, decode, encode, names
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
 
 MAGIC = b"BAKV"
@@ -36,7 +36,7 @@ _PREFIX = struct.Struct("<4sHQ")  # magic, layout version, payload length
 HEADER_SIZE = _PREFIX.size + _DIGEST_SIZE
 
 
-def dumps(key: CacheKey, kv: BlockKV, codec: codecs.Codec = "none") -> bytes:
+def dumps(key: CacheKey, kv: BlockKV, codec: Codec = "none") -> bytes:
     """Serialize ``kv`` (any device) for ``key`` with ``codec``; the tensors themselves are not modified."""
     metadata = {
         "format_version": str(FORMAT_VERSION),
@@ -48,7 +48,7 @@ def dumps(key: CacheKey, kv: BlockKV, codec: codecs.Codec = "none") -> bytes:
     }
     if codec != "none":
         metadata["codec"] = codec
-    payload = st_save(codecs.encode(kv, codec), metadata=metadata)
+    payload = st_save(encode(kv, codec), metadata=metadata)
     prefix = _PREFIX.pack(MAGIC, LAYOUT_VERSION, len(payload))
     return prefix + _digest(payload) + payload
 
@@ -60,11 +60,11 @@ def loads(key: CacheKey, data: bytes) -> BlockKV:
     _check_metadata(key, metadata)
     tensors = _read_tensors(payload)
     codec = metadata.get("codec", "none")
-    if codec not in codecs.CODECS:
-        raise CorruptEntryError(f"entry uses codec {codec!r}; this library reads {list(codecs.CODECS)}")
+    if codec not in CODECS:
+        raise CorruptEntryError(f"entry uses codec {codec!r}; this library reads {list(CODECS)}")
     if codec == "none":
         return _check_tensors(tensors, metadata)
-    return codecs.decode(tensors, codec, _dtype_of(metadata.get("dtype")), _shape_of(metadata.get("shape")))
+    return decode(tensors, codec, _dtype_of(metadata.get("dtype")), _shape_of(metadata.get("shape")))
 
 
 def loads_or_drop(key: CacheKey, data: bytes | None, drop: Callable[[CacheKey, str], None]) -> BlockKV | None:
@@ -156,7 +156,7 @@ def _read_tensors(payload: memoryview) -> dict[str, torch.Tensor]:
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> BlockKV:
-    if set(tensors) != codecs.names("none"):
+    if set(tensors) != names("none"):
         raise CorruptEntryError(f"entry holds tensors {sorted(tensors)}, expected ['keys', 'values']")
     keys, values = tensors["keys"], tensors["values"]
     shape_text = metadata.get("shape")
