@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 
@@ -20,7 +19,7 @@ from block_attention.testing.kv import bitwise_equal, key, kv_bitwise_equal, mak
 def _envelope(payload: bytes, *, magic: bytes = serialize.MAGIC, version: int = serialize.LAYOUT_VERSION) -> bytes:
     """A well-formed envelope (correct length and digest) around an arbitrary payload."""
     prefix = struct.pack("<4sHQ", magic, version, len(payload))
-    return prefix + hashlib.blake2b(payload, digest_size=32).digest() + payload
+    return prefix + serialize.payload_digest(payload) + payload
 
 
 def _payload(k: CacheKey, tensors: dict[str, torch.Tensor], **meta_overrides: str) -> bytes:

@@ -2,7 +2,7 @@
 
 Layout::
 
-    b"BAKV" | layout version (u16 LE) | payload length (u64 LE) | blake2b-256(payload) | payload
+    b"BAKV" | layout version (u16 LE) | payload length (u64 LE) | xxh3-128(payload) | payload
 
 ``payload`` is a safetensors blob with the tensors of the entry's codec (:mod:`.codec`: ``"keys"`` and
 ``"values"`` uncompressed, or int8 tensors with their scales) and string metadata ``format_version, fingerprint,
@@ -15,12 +15,12 @@ bitwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Callable
 
 import torch
+import xxhash
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -30,8 +30,8 @@ from block_attention.store.codec import CODECS, Codec, decode, encode, names
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
 
 MAGIC = b"BAKV"
-LAYOUT_VERSION = 1  # bump when this byte layout changes
-_DIGEST_SIZE = 32
+LAYOUT_VERSION = 2  # bump when this byte layout changes (2: xxh3-128 checksum instead of blake2b-256)
+_DIGEST_SIZE = 16
 _PREFIX = struct.Struct("<4sHQ")  # magic, layout version, payload length
 HEADER_SIZE = _PREFIX.size + _DIGEST_SIZE
 
@@ -50,7 +50,7 @@ def dumps(key: CacheKey, kv: BlockKV, codec: Codec = "none") -> bytes:
         metadata["codec"] = codec
     payload = st_save(encode(kv, codec), metadata=metadata)
     prefix = _PREFIX.pack(MAGIC, LAYOUT_VERSION, len(payload))
-    return prefix + _digest(payload) + payload
+    return prefix + payload_digest(payload) + payload
 
 
 def loads(key: CacheKey, data: bytes) -> BlockKV:
@@ -99,8 +99,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _digest(payload: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(payload, digest_size=_DIGEST_SIZE).digest()
+def payload_digest(payload: bytes | memoryview) -> bytes:
+    """Checksum of an entry's payload: xxh3-128 (detects corruption at memory speed; not a keyed MAC: whoever can
+    write the cache directory can also rewrite checksums, which is why every entry is still validated in full)."""
+    return xxhash.xxh3_128_digest(payload)
 
 
 def _check_envelope(data: bytes) -> memoryview:
@@ -116,7 +118,7 @@ def _check_envelope(data: bytes) -> memoryview:
     payload = memoryview(data)[HEADER_SIZE:]
     if len(payload) != length:
         raise CorruptEntryError(f"entry is truncated or padded: payload has {len(payload)} bytes, header says {length}")
-    if _digest(payload) != bytes(data[_PREFIX.size : HEADER_SIZE]):
+    if payload_digest(payload) != bytes(data[_PREFIX.size : HEADER_SIZE]):
         raise CorruptEntryError("entry digest mismatch: the stored bytes were altered")
     return payload
 
