@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     requests, corpus, questions = None, [], []
     if args.musique:
         requests, corpus_n = musique_stream(args.musique, n, k)
-        ptoks = 700  # MuSiQue passages are about 550 tokens; room for the longest
+        ptoks = 2000  # MuSiQue passages are about 550 words; room for any tokenizer (the random models use a small one)
     model, tok, desc = bc.build_model(args.model, quick=args.quick, dtype=bc.parse_dtype(args.dtype),
                                       device=args.device, max_positions=k * ptoks + 4096)
     engine = BlockAttentionEngine(model, tok, store=False)
