@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-import torch
 
 from block_attention.demo import run_demo
 from block_attention.models import BUILTIN_RANDOM
-
-
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_demo_runs_offline_end_to_end(tmp_path, capsys, one_thread):

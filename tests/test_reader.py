@@ -9,20 +9,11 @@ would be scored on: the demo questions through the demo's own retriever (top 4) 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from block_attention.demo import DEMO_TOP_K, answer_demo_questions
 from block_attention.errors import ModelLoadError
 from block_attention.models import BUILTIN_RANDOM, BUILTIN_READER, default_model, load_engine, reader_checkpoint
 from block_attention.packaged import demo_questions
-
-
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_reader_is_not_packaged_and_says_how_to_retrain():

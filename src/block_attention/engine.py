@@ -240,11 +240,11 @@ class BlockAttentionEngine:
         found: dict[CacheKey, BlockKV] = {}
         missing: dict[CacheKey, tuple[int, ...]] = {}
         hits: dict[str, int] = {}
+        geometry = self.kv_geometry  # every loaded block must fit it (a forged entry is dropped and recomputed)
         for key, span in zip(plan.keys, plan.layout.blocks):
             if key in found or key in missing:
                 continue
-            # Every loaded block must fit this model (a forged entry is dropped from every tier and recomputed).
-            expect = (self.kv_geometry, len(span.token_ids))
+            expect = (geometry, len(span.token_ids))
             hit = self.store.lookup(key, device=self.device, expect=expect) if self.store is not None else None
             if hit is None:
                 missing[key] = span.token_ids

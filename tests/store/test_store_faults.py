@@ -21,7 +21,7 @@ import pytest
 from block_attention.errors import StoreError
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier, value_relpath
-from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import key, kv_bitwise_equal, make_kv, plant_special_file
 
 MiB = 1024**2
 LARGE = dict(n_tokens=128)  # ~64 KiB per entry
@@ -116,15 +116,8 @@ def test_planted_links_and_special_files_are_refused_without_following(tmp_path:
     assert tier.put(key(), kv)
     path = directory / value_relpath(key())
     size = path.stat().st_size
-    path.unlink()
-    if plant == "symlink-file":
-        path.symlink_to(victim)
-    elif plant == "symlink-devzero":
-        path.symlink_to("/dev/zero")
-    elif plant == "fifo":
-        os.mkfifo(path)
-    elif plant == "directory":
-        path.mkdir()
+    if plant != "symlink-subdir":
+        plant_special_file(path, {"symlink-file": "symlink-outside"}.get(plant, plant), victim)
     else:  # the whole <2 hex> directory replaced by a link to a directory outside
         outside = tmp_path / "outside"
         outside.mkdir()

@@ -6,7 +6,6 @@ consistent (no orphans, budget respected) after a reopen.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import sqlite3
@@ -19,6 +18,7 @@ from block_attention import Block, BlockAttentionEngine, EngineConfig, PromptCon
 from block_attention.store.disk import DiskTier, value_digest
 from block_attention.testing import SAMPLE_QUESTION as QUESTION
 from block_attention.testing import sample_blocks, tiny_model
+from block_attention.testing.kv import SPECIAL_FILES, plant_special_file
 
 SEED = 1515
 CORRUPTIONS = 240
@@ -67,16 +67,10 @@ def _corrupt(rng: random.Random, root: Path, victim: Path) -> str:
             other = rng.choice(files)
             if other.is_file() and not other.is_symlink():
                 path.write_bytes(other.read_bytes())
-        elif kind in ("symlink-outside", "symlink-devzero", "fifo", "directory", "delete"):
+        elif kind in SPECIAL_FILES:
+            plant_special_file(path, kind, victim)
+        elif kind == "delete":
             path.unlink()
-            if kind == "symlink-outside":
-                path.symlink_to(victim)
-            elif kind == "symlink-devzero":
-                path.symlink_to("/dev/zero")
-            elif kind == "fifo":
-                os.mkfifo(path)
-            elif kind == "directory":
-                path.mkdir()
         elif kind == "chmod":
             path.chmod(rng.choice([0o000, 0o200, 0o444, 0o777]))
         elif kind == "rename":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from block_attention.kv import BlockKV
@@ -39,3 +42,21 @@ def kv_bitwise_equal(a: BlockKV, b: BlockKV) -> bool:
 
 def key(doc: str = "doc-0", fp: str = "fp-a", content: str = "hash-0") -> CacheKey:
     return CacheKey(fingerprint=fp, doc_id=doc, content_hash=content)
+
+
+SPECIAL_FILES = ("symlink-outside", "symlink-devzero", "fifo", "directory")
+
+
+def plant_special_file(path: Path, kind: str, victim: Path) -> None:
+    """Replace the value file at ``path`` by a link to ``victim`` or ``/dev/zero``, a FIFO or a directory."""
+    path.unlink()
+    if kind == "symlink-outside":
+        path.symlink_to(victim)
+    elif kind == "symlink-devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        raise ValueError(f"unknown special file kind {kind!r}; use one of {SPECIAL_FILES}")

@@ -4,6 +4,7 @@ Load it with ``-p block_attention.testing.plugin`` (the pyproject files of this 
 packages do). On configure it makes the session offline (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) and
 serial-tokenizer; fixtures build everything locally and deterministically:
 
+* ``one_thread``: torch on one thread for the test;
 * ``tok``, ``llama``: the tiny byte-level BPE tokenizer and the seeded random tiny Llama (session-wide);
 * ``docs``: three short scored passages; ``make_engine``: a fresh engine (own memory store) around ``llama``;
 * ``tiny_model_dir``: ``llama`` + ``tok`` saved as a local model folder (for loading paths);
@@ -44,6 +45,17 @@ def _few_threads() -> None:
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """torch runs on one thread during the test (steadier for end-to-end runs of tiny models)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
