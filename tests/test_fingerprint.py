@@ -120,3 +120,19 @@ def test_lora_adapter_switch_disable_and_merge_change_the_key(tok, docs):
     peft_model.merge_adapter()
     merged = answer_matches_uncached()
     assert merged.stats.hits == 0 and engine.fingerprint not in seen
+
+
+def test_a_replaced_module_is_seen_and_a_non_persistent_buffer_is_not():
+    model = tiny_model("llama", seed=0)
+    watch = WeightsWatch(model)
+    attn = model.model.layers[0].self_attn
+    old = attn.k_proj
+    torch.manual_seed(1)
+    attn.k_proj = torch.nn.Linear(old.in_features, old.out_features, bias=old.bias is not None)  # same names, shapes
+    assert watch.changed() and not watch.changed()
+    rotary = model.model.rotary_emb
+    rotary.register_buffer("inv_freq", rotary.inv_freq * 1.0, persistent=False)  # what dynamic RoPE does per call
+    assert not watch.changed()
+    torch.manual_seed(2)
+    attn.k_proj.weight.data = torch.randn_like(attn.k_proj.weight)  # a new storage behind the same parameter
+    assert watch.changed()

@@ -74,3 +74,16 @@ def test_recorded_prompt_config_round_trips_and_rejects_foreign_records():
         recorded_prompt_config(Model())
     Model.config.block_attention = None
     assert recorded_prompt_config(Model()) is None
+
+
+def test_block_ids_are_remembered_and_forgotten_when_the_tokenizer_grows(docs):
+    from block_attention.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    builder = PromptBuilder(tok, PromptConfig(use_chat_template=False))
+    text = builder.render_doc(as_blocks(docs)[0])
+    first = builder.block_ids(text)
+    assert first == tuple(builder.tokenize(text)) and builder.block_ids(text) is first  # served from the LRU
+    tok.add_tokens([text.split()[1]])  # a word of the block becomes one token
+    again = builder.block_ids(text)
+    assert again == tuple(builder.tokenize(text)) and again != first

@@ -99,3 +99,27 @@ def test_probe_refuses_frequencies_the_model_does_not_apply():
     model.model.rotary_emb.original_inv_freq.mul_(1.5)  # the model keeps rotating with inv_freq
     with pytest.raises(UnsupportedModelError, match="not the model's RoPE rotation"):
         inspect_model(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("rotary_dim", [16, 8])  # 8 of 16 dims: partial rotary
+def test_block_rotation_equals_the_per_token_table(dtype, interleaved, rotary_dim):
+    from block_attention.rope import rotate_block_into
+
+    torch.manual_seed(0)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    src = torch.randn(3, 2, 20, 16).to(dtype)  # [L, H, n, D]
+    ulp = 2e-6 if dtype == torch.float32 else 8e-3  # one float32 rounding apart, then one cast back
+    for delta in (5, 1234, -77):
+        cos, sin = rotation(torch.full((20,), delta), inv_freq, interleaved)
+        want = rotate_keys_(src.clone(), cos, sin, interleaved)
+        into = torch.empty_like(src)
+        assert rotate_block_into(into, src, delta, inv_freq, interleaved) is into
+        torch.testing.assert_close(into.float(), want.float(), rtol=0, atol=ulp * float(src.abs().max()))
+        assert torch.equal(into[..., rotary_dim:], src[..., rotary_dim:])
+        same = src.clone()
+        rotate_block_into(same, same, delta, inv_freq, interleaved)  # in place
+        assert torch.equal(same, into)
+        back = rotate_block_into(torch.empty_like(src), into.float(), -delta, inv_freq, interleaved)
+        torch.testing.assert_close(back.float(), src.float(), rtol=0, atol=4 * ulp * float(src.abs().max()))

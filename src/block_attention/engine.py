@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .assemble import assemble_cache, rotate_layers_
+from .assemble import assemble_cache, move_keys
 from .blocks import Block, as_blocks, check_unique_ids
 from .compat import cache_kwargs, output_cache
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
@@ -361,9 +361,8 @@ class BlockAttentionEngine:
         """Fresh copy of cache tokens ``start..start+n`` with keys rotated back from ``offset`` to ``0..n-1``."""
         keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D] copy
         values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D]
-        back = torch.full((n,), -offset, dtype=torch.long, device=keys.device)  # [n]
         assert self.rotary is not None
-        return BlockKV(rotate_layers_(keys, back, self.rotary), values)
+        return BlockKV(move_keys(keys, keys, -offset, self.rotary), values)
 
     def run_prefill(self, plan: RequestPlan, *, all_logits: bool = False
                     ) -> tuple[Prefilled, Lookup | None, BlockKVs | None, Assembled | None]:

@@ -40,9 +40,9 @@ class PromptLayout:
         spans: list[BlockSpan] = []
         offset = 0
         for doc_id, ids in blocks:
-            spans.append(BlockSpan(doc_id, tuple(int(t) for t in ids), offset))
+            spans.append(BlockSpan(doc_id, tuple(map(int, ids)), offset))
             offset += len(ids)
-        return PromptLayout(tuple(spans), tuple(int(t) for t in final_ids))
+        return PromptLayout(tuple(spans), tuple(map(int, final_ids)))
 
     @property
     def context_len(self) -> int:

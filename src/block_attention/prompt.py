@@ -12,6 +12,7 @@ lands in the final block); ``docs_in="user"`` puts them in the last user turn (t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ DEFAULT_INSTRUCTION = (
     "If they do not contain the answer, say so."
 )
 _SENTINEL = "\u2063BLOCK_ATTENTION_DOCUMENTS\u2063"
+TOKENIZED_BLOCKS_KEPT = 8192  # recurring passages skip re-tokenization (an LRU of rendered block text -> ids)
 
 Message = Mapping[str, str]
 
@@ -104,10 +106,13 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 class PromptBuilder:
-    """Turns requests into token layouts for one tokenizer. Stateless apart from the tokenizer."""
+    """Turns requests into token layouts for one tokenizer. Its only state is an LRU of the token ids of recently
+    rendered blocks (tokenization is deterministic; the LRU is cleared when the tokenizer's size changes)."""
 
     def __init__(self, tokenizer: Any, config: PromptConfig | None = None) -> None:
         self.tokenizer = tokenizer
+        self._block_ids = functools.lru_cache(maxsize=TOKENIZED_BLOCKS_KEPT)(self._ids)
+        self._vocab_size = len(tokenizer)
         self.config = config or PromptConfig()
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if self.config.use_chat_template and not has_template:
@@ -181,14 +186,24 @@ class PromptBuilder:
         """Token ids of one block, alone, with no special tokens added (special tokens *in* the text are kept)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenize(text))
+
+    def block_ids(self, text: str) -> tuple[int, ...]:
+        """:meth:`tokenize` for a cacheable block, served from the LRU when the same text was seen recently."""
+        if len(self.tokenizer) != self._vocab_size:  # tokens were added: ids of seen texts may differ now
+            self._block_ids.cache_clear()
+            self._vocab_size = len(self.tokenizer)
+        return self._block_ids(text)
+
     def layout(self, blocks: Sequence[Block], question: str, system: str | None = None,
                history: Sequence[Message] = ()) -> PromptLayout:
         rendered = self.render(blocks, question, system, history)
-        spans: list[tuple[str, list[int]]] = []
+        spans: list[tuple[str, Sequence[int]]] = []
         if rendered.prefix:
-            spans.append(("prefix:" + text_digest(rendered.prefix), self.tokenize(rendered.prefix)))
+            spans.append(("prefix:" + text_digest(rendered.prefix), self.block_ids(rendered.prefix)))
         for block, text in zip(blocks, rendered.docs):
-            ids = self.tokenize(text)
+            ids = self.block_ids(text)
             if not ids:
                 raise InvalidRequestError(f"Block {block.key!r} tokenizes to nothing; drop it from the request.")
             spans.append((block.key, ids))

@@ -19,6 +19,7 @@ reason otherwise (no RoPE, MLA, chunked/linear layers, position-dependent RoPE p
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -68,6 +69,15 @@ class RotaryInfo:
     @property
     def attention_scaling(self) -> float:
         return self.layers[0].attention_scaling
+
+    @functools.cached_property
+    def frequency_groups(self) -> tuple[tuple[torch.Tensor, tuple[int, ...]], ...]:
+        """``(inv_freq, layer indices)`` per distinct frequency set, in first-layer order (one group unless the
+        model has per-layer-type RoPE, like Gemma3's local and global layers)."""
+        groups: dict[tuple[float, ...], list[int]] = {}
+        for index, layer in enumerate(self.layers):
+            groups.setdefault(tuple(layer.inv_freq.tolist()), []).append(index)
+        return tuple((self.layers[members[0]].inv_freq, tuple(members)) for members in groups.values())
 
     @property
     def windows(self) -> tuple[int | None, ...]:
@@ -323,3 +333,33 @@ def rotate_keys_(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inter
         rotated = torch.cat((-k[..., half:], k[..., :half]), dim=-1)  # rotate_half(k)
     part.copy_(k * cos + rotated * sin)
     return keys
+
+
+
+def rotate_block_into(dest: torch.Tensor, src: torch.Tensor, delta: int, inv_freq: torch.Tensor,
+                      interleaved: bool = False) -> torch.Tensor:
+    """Write ``src [..., n, D]`` keys rotated by ``delta`` positions into ``dest`` (same shape; may be ``src``).
+
+    Every token of a block moves by the same ``delta``, so one ``cos/sin`` pair per frequency serves the whole
+    block: ``[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]`` over the rotated pairs (rotate-half halves or
+    interleaved even/odd dims), in float32 with one cast back (the values of :func:`rotate_keys_` with a constant
+    offset, up to float32 rounding). ``src`` is cast to float32 once (same-dtype elementwise math is the fast path
+    on CPU); temporaries are at most two float32 copies of one block. Dims past the rotary width move unchanged.
+    """
+    width = inv_freq.numel() * 2
+    freqs = torch.tensor([float(delta)], dtype=torch.float32, device=src.device) \
+        * inv_freq.to(src.device, torch.float32)  # [R/2], as rotation() computes its table rows
+    cos, sin = freqs.cos(), freqs.sin()  # [R/2] each
+    x = src.to(torch.float32)  # [..., n, D] (src itself when already float32: only read)
+    out = torch.empty_like(x)  # [..., n, D] float32
+    if interleaved:
+        x1, x2, o1, o2 = x[..., 0:width:2], x[..., 1:width:2], out[..., 0:width:2], out[..., 1:width:2]
+    else:
+        half = width // 2
+        x1, x2, o1, o2 = x[..., :half], x[..., half:width], out[..., :half], out[..., half:width]
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)  # [..., n, R/2]
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)  # [..., n, R/2]
+    if width < x.shape[-1]:
+        out[..., width:] = x[..., width:]  # partial rotary: the rest of each head is not rotated
+    dest.copy_(out)
+    return dest

@@ -7,6 +7,8 @@ template or marker) changes the fingerprint. Either way the old entry can never 
 from __future__ import annotations
 
 import hashlib
+import sys
+from array import array
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +24,10 @@ TokenHash = NewType("TokenHash", str)  # digest of a block's exact token ids
 
 def token_hash(token_ids: Sequence[int]) -> TokenHash:
     """Hash of the exact token ids of a block (its content, as the model sees it)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(",".join(str(int(t)) for t in token_ids).encode("ascii"))
-    return TokenHash(h.hexdigest())
+    ids = array("q", token_ids)  # int64, hashed little-endian on every machine (replicas share keys)
+    if sys.byteorder == "big":
+        ids.byteswap()
+    return TokenHash(hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest())
 
 
 def fingerprint(parts: Mapping[str, Any]) -> Fingerprint:
