@@ -8,6 +8,8 @@ caller runs the model; the state decides:
   that became safe to stream ("" when none). It finishes the request on EOS (``stop_on_eos``), a stop string, or
   ``max_new_tokens``; otherwise :attr:`DecodeState.next_input` is the ``(token, position)`` the model must run
   next (the caller stores the grown cache back in :attr:`DecodeState.cache` when it keeps one per request).
+* :func:`decode_step` runs one request's next token through its own cache (the sequential step, also the batch
+  scheduler's one-by-one fallback).
 * :meth:`DecodeState.flush` returns the held-back tail once finished, :meth:`DecodeState.result` the
   :class:`~block_attention.stages.Generation` with the request's stats.
 
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from .compat import cache_kwargs, output_cache
 from .config import GenerationConfig
 from .generation import TextTracker, TokenSelector
 from .stages import Generation, Prefilled, RequestPlan, RequestStats
@@ -89,3 +92,14 @@ class DecodeState:
                                 total_s=time.perf_counter() - self.plan.started,
                                 new_tokens=len(self.tracker.token_ids))
         return Generation(self.tracker.text, tuple(self.tracker.token_ids), self.finish_reason or "length", stats)
+
+
+@torch.inference_mode()
+def decode_step(model: torch.nn.Module, state: DecodeState, device: torch.device) -> torch.Tensor:
+    """Run ``state.next_input`` through ``state.cache`` (grown in place and stored back); the next logits ``[V]``."""
+    assert state.next_input is not None and state.cache is not None
+    token, position = state.next_input
+    out = model(input_ids=torch.tensor([[token]], device=device), position_ids=torch.tensor([[position]], device=device),
+                **cache_kwargs(model, state.cache), use_cache=True, logits_to_keep=1)
+    state.cache = output_cache(out)
+    return out.logits[0, -1]  # [V]

@@ -32,7 +32,7 @@ from .assemble import assemble_cache, rotate_layers_
 from .blocks import Block, as_blocks, check_unique_ids
 from .compat import cache_kwargs, output_cache
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
-from .decoding import DecodeState
+from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from .fingerprint import WeightsWatch, model_fingerprint
@@ -415,14 +415,8 @@ class BlockAttentionEngine:
             piece = state.push(logits)
             if piece:
                 yield piece
-            if state.next_input is None:
-                break
-            token, position = state.next_input
-            with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                 position_ids=torch.tensor([[position]], device=self.device),
-                                 **cache_kwargs(self.model, state.cache), use_cache=True, logits_to_keep=1)
-            state.cache, logits = output_cache(out), out.logits[0, -1]  # [V]
+            if state.next_input is not None:
+                logits = decode_step(self.model, state, self.device)  # [V]
         rest = state.flush()
         if rest:
             yield rest
