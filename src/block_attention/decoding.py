@@ -15,8 +15,7 @@ caller runs the model; the state decides:
 
 :meth:`BlockAttentionEngine.decode <block_attention.engine.BlockAttentionEngine.decode>` (one request) and
 :class:`~block_attention.batching.BatchScheduler` (many requests, one forward per step) both drive this class, so
-stop/EOS/max-token/TTFT semantics are identical by construction. A state with ``max_new_tokens == 0`` starts
-finished (reason ``"length"``).
+stop/EOS/max-token/TTFT semantics are identical by construction.
 """
 
 from __future__ import annotations
@@ -99,7 +98,7 @@ def decode_step(model: torch.nn.Module, state: DecodeState, device: torch.device
     """Run ``state.next_input`` through ``state.cache`` (grown in place and stored back); the next logits ``[V]``."""
     assert state.next_input is not None and state.cache is not None
     token, position = state.next_input
-    out = model(input_ids=torch.tensor([[token]], device=device), position_ids=torch.tensor([[position]], device=device),
-                **cache_kwargs(model, state.cache), use_cache=True, logits_to_keep=1)
+    out = model(input_ids=torch.tensor([[token]], device=device),
+                position_ids=torch.tensor([[position]], device=device), **cache_kwargs(model, state.cache), use_cache=True, logits_to_keep=1)
     state.cache = output_cache(out)
     return out.logits[0, -1]  # [V]
