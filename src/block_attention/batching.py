@@ -216,7 +216,8 @@ class PaddedBatch:
         tokens = torch.tensor([[t] for t, _ in inputs], dtype=torch.long, device=self.device)  # [B, 1]
         positions = torch.tensor([[p] for _, p in inputs], dtype=torch.long, device=self.device)  # [B, 1]
         mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)  # [B, T+1]
-        out = model(input_ids=tokens, position_ids=positions, attention_mask=mask,
+        padded = not bool(mask.all())  # no padding at all (e.g. one row): the same call as a one-row step
+        out = model(input_ids=tokens, position_ids=positions, attention_mask=mask if padded else None,
                     **cache_kwargs(model, self.cache), use_cache=True, logits_to_keep=1)
         self.cache, self.mask = output_cache(out), mask
         return out.logits[:, -1]  # [B, V]
