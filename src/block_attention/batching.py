@@ -353,6 +353,15 @@ class BatchScheduler:
 
     # -- the model thread ------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException:  # a bug in the loop: fail every request rather than leave its submitter waiting
+            logger.exception("The batch scheduler's model thread failed; failing its requests")
+            with self._cond:
+                self._closed = True
+        self._shutdown()
+
+    def _run(self) -> None:
         while True:
             with self._cond:
                 while not (self._closed or self._queue.waiting or self._queue.calls or self.active):
@@ -371,7 +380,6 @@ class BatchScheduler:
                 for ticket in admit:
                     self._start(ticket)
                 self._step()
-        self._shutdown()
 
     def _done(self) -> None:
         with self._cond:
