@@ -11,7 +11,8 @@ The work is split into public stages, each a method with a typed result (:mod:`b
   fresh cache;
 * :meth:`~BlockAttentionEngine.prefill_final` runs the final block over that cache (block mode) or every token
   (full mode);
-* :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming).
+* :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming; the rules live in
+  :class:`~block_attention.decoding.DecodeState`, shared with the batch scheduler of :mod:`block_attention.batching`).
 
 :meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
 request; a cache failure costs a recompute, never a wrong answer; a model whose block path cannot be exact (no
