@@ -24,7 +24,9 @@ Each turn: run queued :meth:`call` functions; admit waiting requests FIFO while 
 active (for each: the job plans it, ``engine.run_prefill(plan)`` prefills it alone, its first token comes from
 the prefill logits: that is its TTFT); then run **one batched decode forward** for every active request, hand
 each its piece, and drop finished, failed and cancelled rows. ``max_batch=1`` is one request at a time in arrival
-order (the old worker). Final-block prefills are *not* batched: each runs alone between decode steps.
+order (the old worker). Final-block prefills are *not* batched: each runs alone between decode steps (measured
+on the Qwen2-0.5B shape, bf16, one CPU thread: a 4 x 40-token forward costs 170 ms per row vs 222 ms alone, a
+~23% saving that would also hold every admitted request's first token until the whole batch is prefilled).
 
 The batched cache (:class:`PaddedBatch`) is one ``DynamicCache`` whose rows are LEFT-padded to a common length
 ``T`` with a 2-D ``attention_mask [B, T+1]`` (0 on padding) and per-row ``position_ids [B, 1]``: each row's own
@@ -71,7 +73,7 @@ T = TypeVar("T")
 Job = Callable[[], tuple[RequestPlan, GenerationConfig]]
 
 __all__ = ["BatchScheduler", "BatchStream", "Failed", "Finished", "Job", "PaddedBatch", "SchedulerStats", "Started",
-           "Ticket", "batchable_model"]
+           "Ticket", "batchable_model", "plain_cache"]
 
 
 @dataclass(frozen=True)
