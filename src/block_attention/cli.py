@@ -194,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         remote_url=args.kv_remote, remote_ttl_s=args.kv_ttl)
     api_key = args.api_key or os.environ.get("BLOCK_ATTENTION_API_KEY") or None
     settings = ServerSettings(model_name=args.model, api_key=api_key, max_body_bytes=args.max_body_mib << 20,
-                              default_max_tokens=args.max_tokens, top_k=args.top_k)
+                              default_max_tokens=args.max_tokens, top_k=args.top_k, max_batch=args.max_batch)
     retriever = None
     if args.index:
         from .retrieval import Retriever
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="require `Authorization: Bearer KEY` (or set BLOCK_ATTENTION_API_KEY)")
     sp.add_argument("--max-tokens", type=int, default=256, help="completion length when a request sets none")
     sp.add_argument("--max-body-mib", type=int, default=8, help="larger request bodies get 413")
+    sp.add_argument("--max-batch", type=int, default=8, metavar="N",
+                    help="decode up to N concurrent requests in one batched forward (1: one at a time)")
     sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sp.set_defaults(func=cmd_serve)
     return p

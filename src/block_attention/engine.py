@@ -11,7 +11,8 @@ The work is split into public stages, each a method with a typed result (:mod:`b
   fresh cache;
 * :meth:`~BlockAttentionEngine.prefill_final` runs the final block over that cache (block mode) or every token
   (full mode);
-* :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming).
+* :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming; the rules live in
+  :class:`~block_attention.decoding.DecodeState`, shared with the batch scheduler of :mod:`block_attention.batching`).
 
 :meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
 request; a cache failure costs a recompute, never a wrong answer; a model whose block path cannot be exact (no
@@ -32,11 +33,11 @@ from .assemble import assemble_cache, move_keys
 from .blocks import Block, as_blocks, check_unique_ids
 from .compat import cache_kwargs, output_cache
 from .config import EngineConfig, GenerationConfig, Mode, check_mode
+from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
 from .errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from .fingerprint import WeightsWatch, model_fingerprint
 from .fused import FusedUnsupported, fused_attention, segments_for
-from .generation import TextTracker, TokenSelector
 from .kv import BlockKV, KVGeometry
 from .layout import PromptLayout
 from .prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
@@ -408,37 +409,18 @@ class BlockAttentionEngine:
 
         ``trace`` is the keyword arguments of :meth:`RequestStats.of` (stage results) used for the final stats.
         """
-        select = TokenSelector(generation, self.device)
-        tracker = TextTracker(self.tokenizer, generation.stop)
-        cache, logits, position = prefilled.cache, prefilled.logits, prefilled.position
-        finish, ttft = "length", 0.0
-        for step in range(generation.max_new_tokens):
-            token = select(logits[-1])
-            if step == 0:
-                ttft = time.perf_counter() - plan.started
-            if generation.stop_on_eos and token in self.eos_ids:
-                finish = "eos"
-                break
-            tracker.push(token)
-            if tracker.stopped:
-                finish = "stop"
-                break
-            piece = tracker.delta()
+        state = DecodeState(self, plan, prefilled, generation, trace)
+        logits = prefilled.logits[-1]  # [V]
+        while not state.finished:
+            piece = state.push(logits)
             if piece:
                 yield piece
-            if step + 1 == generation.max_new_tokens:
-                break
-            with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                 position_ids=torch.tensor([[position]], device=self.device),
-                                 **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
-            cache, logits, position = output_cache(out), out.logits[0], position + 1
-        rest = tracker.delta(final=True)
+            if state.next_input is not None:
+                logits = decode_step(self.model, state, self.device)  # [V]
+        rest = state.flush()
         if rest:
             yield rest
-        stats = RequestStats.of(plan, **(trace or {}), prefilled=prefilled, ttft_s=ttft,
-                                total_s=time.perf_counter() - plan.started, new_tokens=len(tracker.token_ids))
-        return Generation(tracker.text, tuple(tracker.token_ids), finish, stats)
+        return state.result()
 
     # -- whole requests --------------------------------------------------------------------------------------
     def generate(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
@@ -459,10 +441,22 @@ class BlockAttentionEngine:
                generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
                sink: Sink | None = None, **overrides: Any) -> TextStream:
         """Like :meth:`generate` but yields text pieces as they are decoded; ``.result`` is set at the end."""
+        plan, generation = self.plan_request(blocks, question, system=system, history=history, mode=mode,
+                                             generation=generation, recompute_tokens=recompute_tokens, sink=sink,
+                                             **overrides)
+        return TextStream(self._answer(plan, generation))
+
+    def plan_request(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
+                     history: Sequence[Message] = (), mode: Mode | None = None,
+                     generation: GenerationConfig | None = None, recompute_tokens: int | None = None,
+                     sink: Sink | None = None, **overrides: Any) -> tuple[RequestPlan, GenerationConfig]:
+        """The plan and generation settings of a request, as :meth:`stream` makes them (``overrides`` are
+        GenerationConfig fields): what a scheduler needs to run the request later (see
+        :mod:`block_attention.batching`). Raises what :meth:`plan` raises."""
         generation = _with_overrides(generation or GenerationConfig(), overrides)
         plan = self.plan(blocks, question, system=system, history=history, mode=mode,
                          max_new_tokens=generation.max_new_tokens, recompute_tokens=recompute_tokens, sink=sink)
-        return TextStream(self._answer(plan, generation))
+        return plan, generation
 
     def _answer(self, plan: RequestPlan, generation: GenerationConfig) -> Iterator[str]:
         prefilled, lookup, kvs, assembled = self.run_prefill(plan)

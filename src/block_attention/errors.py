@@ -29,6 +29,14 @@ class ContextTooLongError(BlockAttentionError):
     """The assembled prompt (plus the tokens to generate) does not fit the model's context window."""
 
 
+class SchedulerClosedError(BlockAttentionError):
+    """A request reached a batch scheduler that is shut down (or was shut down while the request ran)."""
+
+
+class RequestCancelledError(BlockAttentionError):
+    """A request was cancelled (its client left) before it finished."""
+
+
 class StoreError(BlockAttentionError):
     """The KV store was configured in a way that cannot work (e.g. an unwritable disk directory)."""
 

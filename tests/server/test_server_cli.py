@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--kv-remote", "http://127.0.0.1:6379"], "remote_url"),
     (["--kv-ttl", "0", "--kv-remote", "redis://127.0.0.1:1/0"], "remote_ttl_s"),
+    (["--max-batch", "0"], "max_batch"),
 ])
 def test_serve_rejects_bad_options(args: list[str], fragment: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

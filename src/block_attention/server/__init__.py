@@ -15,8 +15,10 @@ Contract:
 * ``GET /v1/models``, ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus text format).
 * Errors are OpenAI-style JSON: 400 malformed body / bad parameter / context too long, 401 missing or wrong key,
   404 unknown route, 413 oversized body, 500 a bug. A refused request never reaches the KV cache.
-* Concurrency: one model thread answers requests one at a time in arrival order; others wait in the queue (see
-  :mod:`block_attention.server.worker`). A client that disconnects mid-stream stops its generation.
+* Concurrency: one model thread owns the model. Requests are planned and prefilled one by one in arrival order,
+  then decoded together: one batched forward per decode step for up to ``max_batch`` requests (default 8;
+  ``--max-batch 1`` answers one request at a time); see :mod:`block_attention.batching` and
+  :mod:`block_attention.server.worker`. A client that disconnects stops its generation at the next step.
 * ``create_app`` touches nothing global; ``ServerThread`` serves an app in the background (tests, notebooks).
 """
 

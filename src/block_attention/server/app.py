@@ -3,9 +3,10 @@
 ``create_app(engine, settings, retriever=None)`` builds it; nothing global is touched (its metrics live in the
 app's own registry), so a process may hold several. Routes: ``POST /v1/chat/completions``, ``POST
 /v1/completions`` (JSON or server-sent events), ``GET /v1/models``, ``GET /health``, ``GET /metrics``. Errors
-are OpenAI-style JSON with the matching 4xx/5xx status. Requests run one at a time on the model thread
-(:mod:`block_attention.server.worker`); a request is validated and planned before any header is sent, so a
-refused request writes nothing to the KV cache.
+are OpenAI-style JSON with the matching 4xx/5xx status. Requests run on the model thread, their decode steps
+batched with other concurrent requests' up to ``ServerSettings.max_batch`` (:mod:`block_attention.server.worker`,
+:mod:`block_attention.batching`); a request is validated and planned before any header is sent, so a refused
+request writes nothing to the KV cache.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from block_attention.errors import BlockAttentionError, ConfigError, ContextTooLongError, InvalidRequestError
-from block_attention.stages import TextStream
+from block_attention.config import GenerationConfig
+from block_attention.stages import RequestPlan
 
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_format import (ChunkMaker, EngineRequest, RequestRejected, block_attention_info, chat_request,
@@ -44,7 +46,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
     sends no ``documents`` field retrieve passages from a local index; without it such a request has no blocks."""
     settings = settings or ServerSettings()
     metrics = ServerMetrics(lambda: engine.store.stats() if engine.store is not None else None)
-    worker = ModelWorker(on_piece=metrics.pieces.inc)
+    worker = ModelWorker(engine, settings.max_batch, on_piece=metrics.pieces.inc, on_step=metrics.observe_step)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -88,7 +90,10 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.model_name, "queue_depth": worker.queued}
+        stats = worker.scheduler.stats
+        return {"status": "ok", "model": settings.model_name, "queue_depth": worker.queued,
+                "max_batch": worker.max_batch, "decoding": worker.scheduler.active,
+                "max_batch_rows_seen": stats.max_rows, "batched": not stats.fallback}
 
     @app.get("/v1/models", dependencies=auth)
     async def models() -> dict[str, Any]:
@@ -100,7 +105,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
         metrics.queue_depth.set(worker.queued)
         return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
 
-    def start(ereq: EngineRequest, doc_ids: list[str]) -> TextStream:
+    def start(ereq: EngineRequest, doc_ids: list[str]) -> tuple[RequestPlan, GenerationConfig]:
         """Runs on the model thread: retrieve when asked, then plan the request (raises if it cannot run)."""
         blocks = ereq.blocks
         if blocks is None:
@@ -108,8 +113,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
                                                                                            settings.top_k)]
                       if retriever is not None else [])
         doc_ids.extend(b.key for b in blocks)
-        return engine.stream(blocks, ereq.question, system=ereq.system, history=list(ereq.history),
-                             mode=ereq.mode, **ereq.generation)
+        return engine.plan_request(blocks, ereq.question, system=ereq.system, history=list(ereq.history),
+                                   mode=ereq.mode, **ereq.generation)
 
     async def complete(request: Request, schema: type[BaseModel],
                        translate: Callable[[Any, ServerSettings], EngineRequest], chat: bool) -> Response:
@@ -118,27 +123,17 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
         ereq = translate(parsed, settings)
         rid = new_id("chatcmpl" if chat else "cmpl")
         doc_ids: list[str] = []
-        if not parsed.stream:  # type: ignore[attr-defined]
-            def run(queue_s: float) -> tuple[Any, float]:
-                stream = start(ereq, doc_ids)
-                for _ in stream:
-                    pass
-                return stream.result, queue_s
-
-            try:
-                generation, queue_s = await worker.call(run)
-            except BlockAttentionError as exc:
-                raise _as_rejected(exc) from None
-            metrics.observe(generation.stats, queue_s)
-            info = block_attention_info(generation.stats, queue_s, doc_ids)
-            shape = chat_response if chat else completion_response
-            return JSONResponse(shape(rid, settings.model_name, generation, info))
-
         handle = worker.stream(lambda: start(ereq, doc_ids))
         try:
             await handle.started
         except BlockAttentionError as exc:
             raise _as_rejected(exc) from None
+        if not parsed.stream:  # type: ignore[attr-defined]
+            finished = await _collect(handle)
+            metrics.observe(finished.generation.stats, finished.queue_s)
+            info = block_attention_info(finished.generation.stats, finished.queue_s, doc_ids)
+            shape = chat_response if chat else completion_response
+            return JSONResponse(shape(rid, settings.model_name, finished.generation, info))
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)  # type: ignore
         chunks = ChunkMaker(rid, settings.model_name, chat)
         return StreamingResponse(_sse(handle, chunks, include_usage, metrics, doc_ids),
@@ -154,6 +149,19 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
         return await complete(request, CompletionRequest, completion_request, chat=False)
 
     return app
+
+
+async def _collect(handle: Any) -> Finished:
+    """Wait for a non-streaming request's end (re-raising its error); leaving early cancels it."""
+    try:
+        while True:
+            item = await handle.items.get()
+            if isinstance(item, Finished):
+                return item
+            if isinstance(item, Failed):
+                raise item.error
+    finally:
+        handle.cancel()  # no-op once finished; a client gone (task cancelled) stops the generation
 
 
 def _event(payload: dict[str, Any] | str) -> bytes:

@@ -6,6 +6,8 @@ Exposed at ``GET /metrics`` in the Prometheus text format (``prometheus_client``
   ``block_attention_requests_cancelled_total`` (clients that disconnected mid-stream);
 * ``block_attention_ttft_seconds`` (engine time to first token) and ``block_attention_queue_seconds`` (wait for
   the model thread) histograms; ``block_attention_queue_depth``;
+* ``block_attention_decode_batch_rows`` histogram (requests decoded by each decode forward: above 1 when
+  concurrent requests were batched) and ``block_attention_decode_batch_rows_max`` (the largest batch so far);
 * ``block_attention_kv_hits_total{tier}``, ``block_attention_kv_misses_total``;
   ``block_attention_prompt_tokens_total``, ``block_attention_completion_tokens_total``,
   ``block_attention_streamed_pieces_total`` (text pieces produced for streams, cancelled ones included);
@@ -27,6 +29,7 @@ from block_attention.stages import RequestStats
 from block_attention.store import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -68,6 +71,11 @@ class ServerMetrics:
                                buckets=_TTFT_BUCKETS, registry=r)
         self.queue_depth = Gauge("block_attention_queue_depth", "Requests waiting for or running on the model",
                                  registry=r)
+        self.batch_rows = Histogram("block_attention_decode_batch_rows", "Requests decoded by one decode forward",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_rows_max = Gauge("block_attention_decode_batch_rows_max",
+                                    "The most requests one decode forward has decoded", registry=r)
+        self._max_rows = 0
         self.hits = Counter("block_attention_kv_hits", "Block KV served from a tier, by tier", ["tier"], registry=r)
         self.misses = Counter("block_attention_kv_misses", "Block KV that had to be encoded", registry=r)
         self.prompt_tokens = Counter("block_attention_prompt_tokens", "Prompt tokens of answered requests",
@@ -87,6 +95,13 @@ class ServerMetrics:
         self.misses.inc(stats.misses)
         self.prompt_tokens.inc(stats.prompt_tokens)
         self.completion_tokens.inc(stats.new_tokens)
+
+    def observe_step(self, rows: int) -> None:
+        """Record one decode forward of ``rows`` requests (called on the model thread)."""
+        self.batch_rows.observe(rows)
+        if rows > self._max_rows:
+            self._max_rows = rows
+            self.batch_rows_max.set(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
