@@ -77,9 +77,11 @@ def test_recorded_prompt_config_round_trips_and_rejects_foreign_records():
 
 
 def test_block_ids_are_remembered_and_forgotten_when_the_tokenizer_grows(docs):
+    import copy
+
     from block_attention.testing import tiny_tokenizer
 
-    tok = tiny_tokenizer()
+    tok = copy.deepcopy(tiny_tokenizer())  # the shared one must not grow
     builder = PromptBuilder(tok, PromptConfig(use_chat_template=False))
     text = builder.render_doc(as_blocks(docs)[0])
     first = builder.block_ids(text)

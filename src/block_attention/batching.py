@@ -469,36 +469,29 @@ class BatchScheduler:
                 self._solo += [_Active(self._tickets.pop(id(s)), s) for s in batch.release()]
             else:
                 self._record(len(batch.rows))
-                keep = []
-                for i, state in enumerate(batch.rows):
-                    ticket = self._tickets[id(state)]
-                    try:
-                        self._push(ticket, state, logits[i])
-                    except Exception as exc:
-                        self._end(ticket, Failed(exc))
-                        continue
-                    if state.finished:
-                        self._finish(ticket, state)
-                    else:
-                        keep.append(i)
-                self._drop_rows(keep)
-        solo = []
-        for active in self._solo:
-            ticket, state = active.ticket, active.state
-            if self._cancelled(ticket):
-                continue
-            try:
-                logits_row = decode_step(self.engine.model, state, self.engine.device)  # [V]
-                self._record(1)
-                self._push(ticket, state, logits_row)
-            except Exception as exc:
-                self._end(ticket, Failed(exc))
-                continue
-            if state.finished:
-                self._finish(ticket, state)
-            else:
-                solo.append(active)
-        self._solo = solo
+                self._drop_rows([i for i, state in enumerate(batch.rows)
+                                 if self._advance(self._tickets[id(state)], state, lambda i=i: logits[i])])
+
+        def solo_step(state: DecodeState) -> torch.Tensor:
+            row = decode_step(self.engine.model, state, self.engine.device)  # [V]
+            self._record(1)
+            return row
+
+        self._solo = [a for a in self._solo if not self._cancelled(a.ticket)
+                      and self._advance(a.ticket, a.state, lambda a=a: solo_step(a.state))]
+
+    def _advance(self, ticket: Ticket, state: DecodeState, logits: Callable[[], torch.Tensor]) -> bool:
+        """Hand ``state`` its next logits ``[V]`` (``logits()`` may run the model); whether it is still running
+        (False: it finished, or it failed and got :class:`Failed`)."""
+        try:
+            self._push(ticket, state, logits())
+        except Exception as exc:
+            self._end(ticket, Failed(exc))
+            return False
+        if state.finished:
+            self._finish(ticket, state)
+            return False
+        return True
 
     def _drop_rows(self, keep: list[int]) -> None:
         kept = {id(self._batch.rows[i]) for i in keep}
