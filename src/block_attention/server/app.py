@@ -11,6 +11,7 @@ request writes nothing to the KV cache.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -51,7 +52,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        worker.shutdown()
+        await asyncio.get_running_loop().run_in_executor(None, worker.shutdown)  # joins the model thread
 
     app = FastAPI(title="block-attention", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.settings, app.state.metrics, app.state.worker = engine, settings, metrics, worker

@@ -95,6 +95,8 @@ class ModelWorker:
         handle.ticket = self.scheduler.submit(job, deliver)
         return handle
 
-    def shutdown(self) -> None:
-        """Stop after the current decode step; queued and running requests fail (SchedulerClosedError)."""
-        self.scheduler.close(timeout=0)
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop after the current decode step; queued and running requests fail (SchedulerClosedError). Waits up
+        to ``timeout`` seconds for the model thread to end (a model thread still inside torch when the
+        interpreter exits aborts the process), so call it off the event loop."""
+        self.scheduler.close(timeout=timeout)
