@@ -37,6 +37,7 @@ import torch
 
 from block_attention import BlockAttentionEngine, StoreConfig
 from block_attention.batching import BatchScheduler
+from block_attention.decoding import DecodeState, decode_step
 
 SETTINGS = ("sequential", "batched")
 
@@ -114,6 +115,22 @@ def run_setting(engine: BlockAttentionEngine, requests: list[dict[str, Any]], cl
             "max_batch_rows": max(rows, default=0), "decode_forwards": len(rows)}
 
 
+def top2_margins(engine: BlockAttentionEngine, request: dict[str, Any]) -> tuple[list[int], list[float]]:
+    """Greedy decoding of ``request`` alone through the public stages, with the gap between the two largest logits
+    at every step (how close that step was to a tie); the tokens must equal ``engine.generate``'s."""
+    plan, generation = engine.plan_request(**request)
+    prefilled = engine.run_prefill(plan)[0]
+    state = DecodeState(engine, plan, prefilled, generation)
+    logits, margins = prefilled.logits[-1], []  # [V]
+    while not state.finished:
+        top = torch.topk(logits.float(), 2).values  # [2]
+        margins.append(float(top[0] - top[1]))
+        state.push(logits)
+        if state.next_input is not None:
+            logits = decode_step(engine.model, state, engine.device)  # [V]
+    return list(state.result().token_ids), margins
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if len(ordered) == 1:
@@ -123,16 +140,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def summarize(run: dict[str, Any], reference: list[list[int]]) -> dict[str, Any]:
+def first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def summarize(run: dict[str, Any], reference: list[list[int]], margins: list[list[float]]) -> dict[str, Any]:
     records = run["records"]
     tokens = sum(r["tokens"] for r in records)
     ttft = [r["ttft_s"] for r in records]
     identical = sum(r["token_ids"] == reference[r["index"]] for r in records)
+    diverged = []  # where a batched output left the one-by-one output, and how near a tie that step was alone
+    for r in records:
+        if r["token_ids"] != reference[r["index"]]:
+            step = first_difference(r["token_ids"], reference[r["index"]])
+            gap = margins[r["index"]][step] if step < len(margins[r["index"]]) else None
+            diverged.append({"request": r["index"], "step": step, "top2_margin_alone": gap})
     return {"requests": len(records), "tokens": tokens, "wall_s": round(run["wall_s"], 4),
             "tokens_per_s": round(tokens / run["wall_s"], 2),
             "ttft_p50_ms": round(1e3 * percentile(ttft, 0.5), 2), "ttft_p95_ms": round(1e3 * percentile(ttft, 0.95), 2),
             "latency_mean_ms": round(1e3 * statistics.mean(r["latency_s"] for r in records), 2),
-            "identical": identical, "max_batch_rows": run["max_batch_rows"], "decode_forwards": run["decode_forwards"]}
+            "identical": identical, "max_batch_rows": run["max_batch_rows"], "decode_forwards": run["decode_forwards"],
+            "diverged": diverged}
 
 
 def plot(results: dict[str, Any], path: Path) -> str | None:
@@ -180,6 +208,13 @@ def print_table(results: dict[str, Any]) -> None:
             log(f"| {c} | {setting} | {r['tokens_per_s']:,.1f} | {r['ttft_p50_ms']:,.1f} | {r['ttft_p95_ms']:,.1f} "
                 f"| {r['latency_mean_ms']:,.1f} | {r['max_batch_rows']} | {r['identical']}/{r['requests']} |")
     log(f"\nbatched / sequential tokens/s: {results['speedup']}")
+    margin = results["reference_top2_margin"]
+    log(f"top-2 logit margin when decoded alone: median {margin['median']} over {margin['steps']} steps, "
+        f"{margin['below_0.05']} below 0.05, min {margin['min']}")
+    for c in results["clients"]:
+        for d in results["settings"][str(c)]["batched"]["diverged"]:
+            log(f"clients={c}: request {d['request']} left the one-by-one output at step {d['step']} "
+                f"(top-2 margin there, decoded alone: {d['top2_margin_alone']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,14 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     warm = engine.warm(pool)
     log(f"warmed {warm.blocks} blocks ({warm.encoded_tokens} tokens)")
     reference = [list(engine.generate(**r).token_ids) for r in requests]  # greedy, alone (also warms the kernels)
-    log(f"reference: {len(reference)} requests decoded alone")
+    traced = [top2_margins(engine, r) for r in requests]
+    assert [ids for ids, _ in traced] == reference, "the stage-by-stage decode must equal engine.generate"
+    margins = [m for _, m in traced]
+    every = sorted(m for ms in margins for m in ms)
+    log(f"reference: {len(reference)} requests decoded alone; top-2 logit margin over {len(every)} steps: "
+        f"median {statistics.median(every):.3f}, {sum(m < 0.05 for m in every)} steps below 0.05")
     settings: dict[str, dict[str, Any]] = {}
     for c in levels:
         subset = requests[: c * rounds]
         settings[str(c)] = {}
         for setting in SETTINGS:
             run = run_setting(engine, subset, c, rounds, 1 if setting == "sequential" else c)
-            settings[str(c)][setting] = summarize(run, reference)
+            settings[str(c)][setting] = summarize(run, reference, margins)
             log(f"clients={c} {setting}: {settings[str(c)][setting]}")
     prompt_tokens = engine.plan(requests[0]["blocks"], requests[0]["question"]).layout.total_len
     results: dict[str, Any] = {
@@ -219,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": {str(c): round(settings[str(c)]["batched"]["tokens_per_s"]
                                   / settings[str(c)]["sequential"]["tokens_per_s"], 2) for c in levels},
         "all_identical": all(s["identical"] == s["requests"] for by in settings.values() for s in by.values()),
+        "reference_top2_margin": {"steps": len(every), "median": round(statistics.median(every), 4),
+                                  "below_0.05": sum(m < 0.05 for m in every), "min": round(every[0], 4)},
         "environment": bc.environment("cpu"),
     }
     engine.close()
@@ -232,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2))
     print_table(results)
     print(json.dumps({k: results[k] for k in ("benchmark", "quick", "clients", "prompt_tokens", "max_new_tokens",
-                                              "settings", "speedup", "all_identical", "results_file", "plot_file",
+                                              "settings", "speedup", "all_identical", "reference_top2_margin",
+                                              "results_file", "plot_file",
                                               "elapsed_s")}))
     return 0
 
