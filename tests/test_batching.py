@@ -324,3 +324,40 @@ def test_padded_batch_step_matches_one_row_steps(family, tok, docs):
             assert (logits[i] - expected).abs().max().item() < 1e-4, (step, i)
             batched.push(logits[i])
             alone.push(expected)
+
+
+def test_close_resolves_queued_calls(tok, llama):
+    """A call still queued when the scheduler closes gets SchedulerClosedError (its waiter never hangs)."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    queued = scheduler.call(lambda _: "ran")
+    scheduler.close(timeout=0)
+    gate.set()
+    scheduler.close(timeout=None)  # the model thread has ended
+    assert queued.done()
+    with pytest.raises(SchedulerClosedError, match="closed"):
+        queued.result(timeout=0)
+    assert scheduler.pending == 0
+
+
+def test_a_batched_row_does_not_keep_its_one_row_cache_alive(tok, llama, docs):
+    """The batch takes over a row's prefill cache: the one-row tensors are freed, not held for the request's
+    lifetime next to the batch's copy (twice the KV memory of every decoding request)."""
+    import gc
+    import weakref
+
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    batch = PaddedBatch(engine.device)
+    refs = []
+    for blocks in (docs, docs[:1]):
+        plan, generation = engine.plan_request(blocks, "Where?", max_new_tokens=4)
+        prefilled, lookup, kvs, assembled = engine.run_prefill(plan)
+        state = DecodeState(engine, plan, prefilled, generation,
+                            {"lookup": lookup, "encoded": kvs, "assembled": assembled})
+        refs += [weakref.ref(layer.keys) for layer in prefilled.cache.layers]
+        del prefilled, assembled
+        batch.add(state)
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert len(batch.rows) == 2 and all(s.cache is None for s in batch.rows)

@@ -174,7 +174,7 @@ class PaddedBatch:
         return int(self.mask.shape[1])
 
     def add(self, state: DecodeState) -> None:
-        """Take over ``state``'s one-row cache (``state.cache`` becomes ``None``)."""
+        """Take over ``state``'s one-row cache (``state.cache`` becomes ``None``; that cache object is emptied)."""
         assert state.cache is not None and plain_cache(state.cache)
         own = [(layer.keys, layer.values) for layer in state.cache.layers]  # each [1, H_kv, n, D]
         n = own[0][0].shape[-2]
@@ -191,6 +191,9 @@ class PaddedBatch:
             self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, pad, 1)])  # [B+1, W]
         self.cache = DynamicCache(ddp_cache_data=data)
         self.rows.append(state)
+        for layer in state.cache.layers:  # emptied, not just dropped: the state's Prefilled and Assembled share
+            layer.keys = layer.values = None  # this cache object, and would keep a second copy of the row alive
+            layer.is_initialized = False
         state.cache = None
 
     def keep(self, indices: list[int]) -> None:
@@ -248,7 +251,7 @@ class _Active:
 @dataclass
 class _Queue:
     waiting: deque[Ticket] = field(default_factory=deque)
-    calls: deque[Callable[[], None]] = field(default_factory=deque)
+    calls: deque[tuple[Callable[[], None], Future[Any]]] = field(default_factory=deque)  # (run, its future)
 
 
 class BatchScheduler:
@@ -329,14 +332,15 @@ class BatchScheduler:
             if self._closed:
                 raise SchedulerClosedError("The batch scheduler is closed; create a new one to run more work.")
             self._pending += 1
-            self._queue.calls.append(run)
+            self._queue.calls.append((run, future))
             self._ensure_thread()
             self._cond.notify()
         return future
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop after the current step; queued and running requests get :class:`Failed` (SchedulerClosedError).
-        Waits up to ``timeout`` seconds for the model thread (``0``: do not wait)."""
+        """Stop after the current step; queued and running requests get :class:`Failed` (SchedulerClosedError),
+        queued :meth:`call` futures that error. Waits up to ``timeout`` seconds for the model thread (``0``: do not
+        wait)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -377,7 +381,7 @@ class BatchScheduler:
                 admit: list[Ticket] = []
                 while self._queue.waiting and self.active + len(admit) < self.max_batch:
                     admit.append(self._queue.waiting.popleft())
-            for run in calls:
+            for run, _ in calls:
                 run()
                 self._done()
             with torch.inference_mode():
@@ -513,7 +517,10 @@ class BatchScheduler:
         self._batch.keep([])
         self._tickets.clear()
         self._solo = []
-        for _ in calls:
+        for _, future in calls:  # never run: their waiters get the error instead of waiting forever
+            if future.set_running_or_notify_cancel():
+                future.set_exception(SchedulerClosedError("The batch scheduler was closed before this call ran; "
+                                                          "create a new scheduler to run more work."))
             self._done()
 
 
