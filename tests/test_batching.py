@@ -361,3 +361,34 @@ def test_a_batched_row_does_not_keep_its_one_row_cache_alive(tok, llama, docs):
     gc.collect()
     assert all(ref() is None for ref in refs)
     assert len(batch.rows) == 2 and all(s.cache is None for s in batch.rows)
+
+
+def test_a_request_that_cannot_join_the_batch_fails_alone(tok, llama, monkeypatch):
+    """Growing the batch can run out of memory: that request fails (it does not wait forever) and the scheduler
+    keeps serving the others."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    request = dict(blocks=[], question="Q?", max_new_tokens=4)
+    reference = engine.generate(**request)
+    add = PaddedBatch.add
+    calls = []
+
+    def add_once_out_of_memory(self, state):
+        calls.append(state)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("out of memory while growing the batch")
+        add(self, state)
+
+    monkeypatch.setattr(PaddedBatch, "add", add_once_out_of_memory)
+    collector = Collector(2)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    for i in range(2):
+        scheduler.submit(job(engine, request), collector.deliver(i))
+    gate.set()
+    while not any(j == 1 and isinstance(e, (Finished, Failed)) for j, e in collector.log):
+        assert collector.ended.acquire(timeout=120), "a request never ended"
+    scheduler.close(timeout=None)  # the model thread has ended: every event was delivered
+    assert [j for j, e in collector.log if isinstance(e, (Finished, Failed))].count(0) == 1, "request 0 never ended"
+    assert isinstance(collector.end(0), Failed) and isinstance(collector.end(0).error, torch.OutOfMemoryError)
+    assert isinstance(collector.end(1), Finished) and collector.end(1).generation.token_ids == reference.token_ids
+    assert scheduler.pending == 0

@@ -422,14 +422,16 @@ class BatchScheduler:
                                 {"lookup": lookup, "encoded": kvs, "assembled": assembled})
             if not state.finished:
                 self._push(ticket, state, prefilled.logits[-1])
+            batched = not state.finished and not self.stats.fallback and plain_cache(state.cache)
+            if batched:
+                self._batch.add(state)  # may run out of memory growing the batch (which is then unchanged)
         except Exception as exc:
             self._end(ticket, Failed(exc))
             return
         if state.finished:
             self._finish(ticket, state)
-        elif not self.stats.fallback and plain_cache(state.cache):
+        elif batched:
             self._tickets[id(state)] = ticket
-            self._batch.add(state)
         else:
             self._solo.append(_Active(ticket, state))
 
