@@ -392,3 +392,31 @@ def test_a_request_that_cannot_join_the_batch_fails_alone(tok, llama, monkeypatc
     assert isinstance(collector.end(0), Failed) and isinstance(collector.end(0).error, torch.OutOfMemoryError)
     assert isinstance(collector.end(1), Finished) and collector.end(1).generation.token_ids == reference.token_ids
     assert scheduler.pending == 0
+
+
+def test_a_bug_in_the_loop_fails_every_admitted_request(tok, llama, monkeypatch):
+    """If the model thread itself fails (a bug), every request it had taken from the queue gets Failed, including
+    the one it was starting and those admitted with it: none waits forever."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+
+    def broken_finish(self, ticket, state):
+        raise RuntimeError("a bug in the scheduler")
+
+    monkeypatch.setattr(BatchScheduler, "_finish", broken_finish)
+    collector = Collector(3)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    started = threading.Event()
+
+    def deliver(i):
+        take = collector.deliver(i)
+        return lambda event: (take(event), isinstance(event, Started) and started.set())
+
+    for i in range(3):  # max_new_tokens=1: each request finishes at its first token, in _finish
+        scheduler.submit(job(engine, dict(blocks=[], question="Q?", max_new_tokens=1)), deliver(i))
+    gate.set()
+    assert started.wait(120)  # all three were admitted together
+    scheduler.close(timeout=None)  # the model thread has ended: every event was delivered
+    ends = [e for _, e in collector.log if isinstance(e, (Finished, Failed))]
+    assert sorted(j for j, e in collector.log if isinstance(e, (Finished, Failed))) == [0, 1, 2]
+    assert all(isinstance(e, Failed) for e in ends) and scheduler.pending == 0

@@ -118,6 +118,7 @@ class Ticket:
         self.submitted = time.perf_counter()
         self.queue_s = 0.0
         self.started = False
+        self.ended = False  # Finished or Failed was delivered (model thread)
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -278,6 +279,7 @@ class BatchScheduler:
         self._batch = PaddedBatch(engine.device)
         self._solo: list[_Active] = []  # stepped one by one (fallback)
         self._tickets: dict[int, Ticket] = {}  # id(state) -> ticket of the batch rows
+        self._admitted: list[Ticket] = []  # taken from the queue this turn (a loop failure fails those not ended)
 
     # -- submitting ------------------------------------------------------------------------------------------
     @property
@@ -378,7 +380,7 @@ class BatchScheduler:
                     break
                 calls = list(self._queue.calls)
                 self._queue.calls.clear()
-                admit: list[Ticket] = []
+                admit = self._admitted = []
                 while self._queue.waiting and self.active + len(admit) < self.max_batch:
                     admit.append(self._queue.waiting.popleft())
             for run, _ in calls:
@@ -387,6 +389,7 @@ class BatchScheduler:
             with torch.inference_mode():
                 for ticket in admit:
                     self._start(ticket)
+                self._admitted = []
                 self._step()
 
     def _done(self) -> None:
@@ -400,6 +403,7 @@ class BatchScheduler:
             logger.exception("Delivering a batch scheduler event failed")
 
     def _end(self, ticket: Ticket, event: Finished | Failed) -> None:
+        ticket.ended = True
         self._deliver(ticket, event)
         self._done()
 
@@ -514,8 +518,12 @@ class BatchScheduler:
             calls = list(self._queue.calls)
             self._queue.waiting.clear()
             self._queue.calls.clear()
-        for ticket in waiting + [self._tickets[id(s)] for s in self._batch.rows] + [a.ticket for a in self._solo]:
+        running = [self._tickets[id(s)] for s in self._batch.rows if id(s) in self._tickets] \
+            + [a.ticket for a in self._solo]
+        admitted = [t for t in self._admitted if not t.ended and all(t is not r for r in running)]
+        for ticket in waiting + admitted + running:  # admitted: after a failure of the loop, those it was starting
             self._end(ticket, Failed(error))
+        self._admitted = []
         self._batch.keep([])
         self._tickets.clear()
         self._solo = []
