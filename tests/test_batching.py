@@ -420,3 +420,33 @@ def test_a_bug_in_the_loop_fails_every_admitted_request(tok, llama, monkeypatch)
     ends = [e for _, e in collector.log if isinstance(e, (Finished, Failed))]
     assert sorted(j for j, e in collector.log if isinstance(e, (Finished, Failed))) == [0, 1, 2]
     assert all(isinstance(e, Failed) for e in ends) and scheduler.pending == 0
+
+
+def test_running_out_of_memory_when_rows_leave_fails_the_batch_not_the_scheduler(tok, llama, monkeypatch):
+    """Selecting the rows that stay (a copy of the batch) can run out of memory: the rows still running fail, and
+    the scheduler keeps serving new requests (it used to close for good: every later request was refused)."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    short, long = (dict(blocks=[], question="Q?", max_new_tokens=n, stop_on_eos=False) for n in (2, 6))
+    reference = engine.generate(**long)
+    keep = PaddedBatch.keep
+    failures = []
+
+    def keep_out_of_memory_once(self, indices):
+        if indices and indices != list(range(len(self.rows))) and not failures:
+            failures.append(indices)
+            raise torch.OutOfMemoryError("out of memory while selecting the rows that stay")
+        keep(self, indices)
+
+    monkeypatch.setattr(PaddedBatch, "keep", keep_out_of_memory_once)
+    collector = Collector(2)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    scheduler.submit(job(engine, short), collector.deliver(0))
+    scheduler.submit(job(engine, long), collector.deliver(1))
+    gate.set()
+    collector.wait()
+    assert failures == [[1]] and isinstance(collector.end(0), Finished)
+    assert isinstance(collector.end(1), Failed) and isinstance(collector.end(1).error, torch.OutOfMemoryError)
+    later = scheduler.generate(job(engine, long))
+    scheduler.close()
+    assert later.token_ids == reference.token_ids and scheduler.pending == 0

@@ -39,8 +39,9 @@ Fallback: a model whose config declares sliding-window or other non-full attenti
 ``sliding_window``, Gemma2/3, hybrid Qwen2, ...), a request whose cache has non-plain layers, or a model whose
 batched forward raises, is stepped one request at a time in round-robin inside the same loop (still interleaved,
 so waiting requests start early; outputs identical trivially). A batched forward that raises switches the
-scheduler to that fallback for good (logged). One request raising (planning, prefill, selection) fails that
-request only; the others continue. A cancelled request (:meth:`Ticket.cancel`, e.g. a client disconnected) is
+scheduler to that fallback for good (logged). One request raising (planning, prefill, selection, joining the
+batch) fails that request only; the others continue. Running out of memory while rows leave the batch fails the
+rows still in it; the scheduler goes on. A cancelled request (:meth:`Ticket.cancel`, e.g. a client disconnected) is
 dropped before its next step. :meth:`~BatchScheduler.close` stops the loop after the current step and fails what
 is still queued or running with :class:`~block_attention.errors.SchedulerClosedError`.
 """
@@ -508,7 +509,12 @@ class BatchScheduler:
         for state in self._batch.rows:
             if id(state) not in kept:
                 self._tickets.pop(id(state), None)
-        self._batch.keep(keep)
+        try:
+            self._batch.keep(keep)  # copies the kept rows: may run out of memory (the batch is then unchanged)
+        except Exception as exc:  # the kept rows fail; the scheduler goes on with an empty batch
+            for i in keep:
+                self._end(self._tickets.pop(id(self._batch.rows[i])), Failed(exc))
+            self._batch.keep([])
 
     def _shutdown(self) -> None:
         error = SchedulerClosedError("The batch scheduler was closed (server shutting down) before this request "
