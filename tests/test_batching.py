@@ -324,3 +324,129 @@ def test_padded_batch_step_matches_one_row_steps(family, tok, docs):
             assert (logits[i] - expected).abs().max().item() < 1e-4, (step, i)
             batched.push(logits[i])
             alone.push(expected)
+
+
+def test_close_resolves_queued_calls(tok, llama):
+    """A call still queued when the scheduler closes gets SchedulerClosedError (its waiter never hangs)."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    queued = scheduler.call(lambda _: "ran")
+    scheduler.close(timeout=0)
+    gate.set()
+    scheduler.close(timeout=None)  # the model thread has ended
+    assert queued.done()
+    with pytest.raises(SchedulerClosedError, match="closed"):
+        queued.result(timeout=0)
+    assert scheduler.pending == 0
+
+
+def test_a_batched_row_does_not_keep_its_one_row_cache_alive(tok, llama, docs):
+    """The batch takes over a row's prefill cache: the one-row tensors are freed, not held for the request's
+    lifetime next to the batch's copy (twice the KV memory of every decoding request)."""
+    import gc
+    import weakref
+
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    batch = PaddedBatch(engine.device)
+    refs = []
+    for blocks in (docs, docs[:1]):
+        plan, generation = engine.plan_request(blocks, "Where?", max_new_tokens=4)
+        prefilled, lookup, kvs, assembled = engine.run_prefill(plan)
+        state = DecodeState(engine, plan, prefilled, generation,
+                            {"lookup": lookup, "encoded": kvs, "assembled": assembled})
+        refs += [weakref.ref(layer.keys) for layer in prefilled.cache.layers]
+        del prefilled, assembled
+        batch.add(state)
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert len(batch.rows) == 2 and all(s.cache is None for s in batch.rows)
+
+
+def test_a_request_that_cannot_join_the_batch_fails_alone(tok, llama, monkeypatch):
+    """Growing the batch can run out of memory: that request fails (it does not wait forever) and the scheduler
+    keeps serving the others."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    request = dict(blocks=[], question="Q?", max_new_tokens=4)
+    reference = engine.generate(**request)
+    add = PaddedBatch.add
+    calls = []
+
+    def add_once_out_of_memory(self, state):
+        calls.append(state)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("out of memory while growing the batch")
+        add(self, state)
+
+    monkeypatch.setattr(PaddedBatch, "add", add_once_out_of_memory)
+    collector = Collector(2)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    for i in range(2):
+        scheduler.submit(job(engine, request), collector.deliver(i))
+    gate.set()
+    while not any(j == 1 and isinstance(e, (Finished, Failed)) for j, e in collector.log):
+        assert collector.ended.acquire(timeout=120), "a request never ended"
+    scheduler.close(timeout=None)  # the model thread has ended: every event was delivered
+    assert [j for j, e in collector.log if isinstance(e, (Finished, Failed))].count(0) == 1, "request 0 never ended"
+    assert isinstance(collector.end(0), Failed) and isinstance(collector.end(0).error, torch.OutOfMemoryError)
+    assert isinstance(collector.end(1), Finished) and collector.end(1).generation.token_ids == reference.token_ids
+    assert scheduler.pending == 0
+
+
+def test_a_bug_in_the_loop_fails_every_admitted_request(tok, llama, monkeypatch):
+    """If the model thread itself fails (a bug), every request it had taken from the queue gets Failed, including
+    the one it was starting and those admitted with it: none waits forever."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+
+    def broken_finish(self, ticket, state):
+        raise RuntimeError("a bug in the scheduler")
+
+    monkeypatch.setattr(BatchScheduler, "_finish", broken_finish)
+    collector = Collector(3)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    started = threading.Event()
+
+    def deliver(i):
+        take = collector.deliver(i)
+        return lambda event: (take(event), isinstance(event, Started) and started.set())
+
+    for i in range(3):  # max_new_tokens=1: each request finishes at its first token, in _finish
+        scheduler.submit(job(engine, dict(blocks=[], question="Q?", max_new_tokens=1)), deliver(i))
+    gate.set()
+    assert started.wait(120)  # all three were admitted together
+    scheduler.close(timeout=None)  # the model thread has ended: every event was delivered
+    ends = [e for _, e in collector.log if isinstance(e, (Finished, Failed))]
+    assert sorted(j for j, e in collector.log if isinstance(e, (Finished, Failed))) == [0, 1, 2]
+    assert all(isinstance(e, Failed) for e in ends) and scheduler.pending == 0
+
+
+def test_running_out_of_memory_when_rows_leave_fails_the_batch_not_the_scheduler(tok, llama, monkeypatch):
+    """Selecting the rows that stay (a copy of the batch) can run out of memory: the rows still running fail, and
+    the scheduler keeps serving new requests (it used to close for good: every later request was refused)."""
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    short, long = (dict(blocks=[], question="Q?", max_new_tokens=n, stop_on_eos=False) for n in (2, 6))
+    reference = engine.generate(**long)
+    keep = PaddedBatch.keep
+    failures = []
+
+    def keep_out_of_memory_once(self, indices):
+        if indices and indices != list(range(len(self.rows))) and not failures:
+            failures.append(indices)
+            raise torch.OutOfMemoryError("out of memory while selecting the rows that stay")
+        keep(self, indices)
+
+    monkeypatch.setattr(PaddedBatch, "keep", keep_out_of_memory_once)
+    collector = Collector(2)
+    scheduler = BatchScheduler(engine)
+    gate = hold(scheduler)
+    scheduler.submit(job(engine, short), collector.deliver(0))
+    scheduler.submit(job(engine, long), collector.deliver(1))
+    gate.set()
+    collector.wait()
+    assert failures == [[1]] and isinstance(collector.end(0), Finished)
+    assert isinstance(collector.end(1), Failed) and isinstance(collector.end(1).error, torch.OutOfMemoryError)
+    later = scheduler.generate(job(engine, long))
+    scheduler.close()
+    assert later.token_ids == reference.token_ids and scheduler.pending == 0

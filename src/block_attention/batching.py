@@ -39,8 +39,9 @@ Fallback: a model whose config declares sliding-window or other non-full attenti
 ``sliding_window``, Gemma2/3, hybrid Qwen2, ...), a request whose cache has non-plain layers, or a model whose
 batched forward raises, is stepped one request at a time in round-robin inside the same loop (still interleaved,
 so waiting requests start early; outputs identical trivially). A batched forward that raises switches the
-scheduler to that fallback for good (logged). One request raising (planning, prefill, selection) fails that
-request only; the others continue. A cancelled request (:meth:`Ticket.cancel`, e.g. a client disconnected) is
+scheduler to that fallback for good (logged). One request raising (planning, prefill, selection, joining the
+batch) fails that request only; the others continue. Running out of memory while rows leave the batch fails the
+rows still in it; the scheduler goes on. A cancelled request (:meth:`Ticket.cancel`, e.g. a client disconnected) is
 dropped before its next step. :meth:`~BatchScheduler.close` stops the loop after the current step and fails what
 is still queued or running with :class:`~block_attention.errors.SchedulerClosedError`.
 """
@@ -118,6 +119,7 @@ class Ticket:
         self.submitted = time.perf_counter()
         self.queue_s = 0.0
         self.started = False
+        self.ended = False  # Finished or Failed was delivered (model thread)
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -174,7 +176,7 @@ class PaddedBatch:
         return int(self.mask.shape[1])
 
     def add(self, state: DecodeState) -> None:
-        """Take over ``state``'s one-row cache (``state.cache`` becomes ``None``)."""
+        """Take over ``state``'s one-row cache (``state.cache`` becomes ``None``; that cache object is emptied)."""
         assert state.cache is not None and plain_cache(state.cache)
         own = [(layer.keys, layer.values) for layer in state.cache.layers]  # each [1, H_kv, n, D]
         n = own[0][0].shape[-2]
@@ -191,6 +193,9 @@ class PaddedBatch:
             self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, pad, 1)])  # [B+1, W]
         self.cache = DynamicCache(ddp_cache_data=data)
         self.rows.append(state)
+        for layer in state.cache.layers:  # emptied, not just dropped: the state's Prefilled and Assembled share
+            layer.keys = layer.values = None  # this cache object, and would keep a second copy of the row alive
+            layer.is_initialized = False
         state.cache = None
 
     def keep(self, indices: list[int]) -> None:
@@ -248,7 +253,7 @@ class _Active:
 @dataclass
 class _Queue:
     waiting: deque[Ticket] = field(default_factory=deque)
-    calls: deque[Callable[[], None]] = field(default_factory=deque)
+    calls: deque[tuple[Callable[[], None], Future[Any]]] = field(default_factory=deque)  # (run, its future)
 
 
 class BatchScheduler:
@@ -275,6 +280,7 @@ class BatchScheduler:
         self._batch = PaddedBatch(engine.device)
         self._solo: list[_Active] = []  # stepped one by one (fallback)
         self._tickets: dict[int, Ticket] = {}  # id(state) -> ticket of the batch rows
+        self._admitted: list[Ticket] = []  # taken from the queue this turn (a loop failure fails those not ended)
 
     # -- submitting ------------------------------------------------------------------------------------------
     @property
@@ -329,14 +335,15 @@ class BatchScheduler:
             if self._closed:
                 raise SchedulerClosedError("The batch scheduler is closed; create a new one to run more work.")
             self._pending += 1
-            self._queue.calls.append(run)
+            self._queue.calls.append((run, future))
             self._ensure_thread()
             self._cond.notify()
         return future
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop after the current step; queued and running requests get :class:`Failed` (SchedulerClosedError).
-        Waits up to ``timeout`` seconds for the model thread (``0``: do not wait)."""
+        """Stop after the current step; queued and running requests get :class:`Failed` (SchedulerClosedError),
+        queued :meth:`call` futures that error. Waits up to ``timeout`` seconds for the model thread (``0``: do not
+        wait)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -374,15 +381,16 @@ class BatchScheduler:
                     break
                 calls = list(self._queue.calls)
                 self._queue.calls.clear()
-                admit: list[Ticket] = []
+                admit = self._admitted = []
                 while self._queue.waiting and self.active + len(admit) < self.max_batch:
                     admit.append(self._queue.waiting.popleft())
-            for run in calls:
+            for run, _ in calls:
                 run()
                 self._done()
             with torch.inference_mode():
                 for ticket in admit:
                     self._start(ticket)
+                self._admitted = []
                 self._step()
 
     def _done(self) -> None:
@@ -396,6 +404,7 @@ class BatchScheduler:
             logger.exception("Delivering a batch scheduler event failed")
 
     def _end(self, ticket: Ticket, event: Finished | Failed) -> None:
+        ticket.ended = True
         self._deliver(ticket, event)
         self._done()
 
@@ -418,14 +427,16 @@ class BatchScheduler:
                                 {"lookup": lookup, "encoded": kvs, "assembled": assembled})
             if not state.finished:
                 self._push(ticket, state, prefilled.logits[-1])
+            batched = not state.finished and not self.stats.fallback and plain_cache(state.cache)
+            if batched:
+                self._batch.add(state)  # may run out of memory growing the batch (which is then unchanged)
         except Exception as exc:
             self._end(ticket, Failed(exc))
             return
         if state.finished:
             self._finish(ticket, state)
-        elif not self.stats.fallback and plain_cache(state.cache):
+        elif batched:
             self._tickets[id(state)] = ticket
-            self._batch.add(state)
         else:
             self._solo.append(_Active(ticket, state))
 
@@ -498,7 +509,12 @@ class BatchScheduler:
         for state in self._batch.rows:
             if id(state) not in kept:
                 self._tickets.pop(id(state), None)
-        self._batch.keep(keep)
+        try:
+            self._batch.keep(keep)  # copies the kept rows: may run out of memory (the batch is then unchanged)
+        except Exception as exc:  # the kept rows fail; the scheduler goes on with an empty batch
+            for i in keep:
+                self._end(self._tickets.pop(id(self._batch.rows[i])), Failed(exc))
+            self._batch.keep([])
 
     def _shutdown(self) -> None:
         error = SchedulerClosedError("The batch scheduler was closed (server shutting down) before this request "
@@ -508,12 +524,19 @@ class BatchScheduler:
             calls = list(self._queue.calls)
             self._queue.waiting.clear()
             self._queue.calls.clear()
-        for ticket in waiting + [self._tickets[id(s)] for s in self._batch.rows] + [a.ticket for a in self._solo]:
+        running = [self._tickets[id(s)] for s in self._batch.rows if id(s) in self._tickets] \
+            + [a.ticket for a in self._solo]
+        admitted = [t for t in self._admitted if not t.ended and all(t is not r for r in running)]
+        for ticket in waiting + admitted + running:  # admitted: after a failure of the loop, those it was starting
             self._end(ticket, Failed(error))
+        self._admitted = []
         self._batch.keep([])
         self._tickets.clear()
         self._solo = []
-        for _ in calls:
+        for _, future in calls:  # never run: their waiters get the error instead of waiting forever
+            if future.set_running_or_notify_cancel():
+                future.set_exception(SchedulerClosedError("The batch scheduler was closed before this call ran; "
+                                                          "create a new scheduler to run more work."))
             self._done()
 
 
