@@ -1,7 +1,7 @@
 """Assembly: re-encode cached blocks to their prompt offsets and concatenate them into a transformers cache.
 
 Input blocks are read, never written: every block's keys are rotated straight into their slice of one new
-``[L, H_kv, T, D]`` tensor (one read, one write; float32 temporaries of one block only) and the values are
+``[L, H_kv, T, D]`` tensor (one read, one write; float32 temporaries of one block, at most ~32 MB of layers at a time) and the values are
 concatenated into another. All tokens of a block move by the same offset, so one cos/sin pair per frequency serves
 the whole block. Each layer gets the cache type the
 model's attention needs: a full layer, or a sliding-window layer (keeping the last ``window - 1`` tokens) where
@@ -18,6 +18,9 @@ from transformers import DynamicCache
 from .compat import cache_over
 from .kv import BlockKV
 from .rope import RotaryInfo, rotate_block_into
+
+
+ROTATION_CHUNK_BYTES = 32 << 20  # float32 temporaries of a rotation stay under about twice this
 
 
 @torch.no_grad()  # caches hold plain tensors: nothing here is trained through
@@ -44,9 +47,13 @@ def move_keys(dest: torch.Tensor, src: torch.Tensor, delta: int, rotary: RotaryI
     ``dest`` (same shape; may be ``src``). Layers sharing a frequency set are rotated together."""
     if delta == 0:
         return dest if dest.data_ptr() == src.data_ptr() else dest.copy_(src)
+    per_layer = src[0].numel() * 4  # float32 bytes of one layer's keys of this block
+    step = max(1, ROTATION_CHUNK_BYTES // max(per_layer, 1))  # layers rotated together
     for inv_freq, members in rotary.frequency_groups:
-        if len(members) == len(rotary.layers):
-            rotate_block_into(dest, src, delta, inv_freq, rotary.interleaved)
+        if len(members) == len(rotary.layers):  # one frequency set: contiguous chunks of layers
+            for first in range(0, len(members), step):
+                rotate_block_into(dest[first:first + step], src[first:first + step], delta, inv_freq,
+                                  rotary.interleaved)
         else:
             for layer in members:
                 rotate_block_into(dest[layer], src[layer], delta, inv_freq, rotary.interleaved)

@@ -60,7 +60,7 @@ def cache_over(layers: list[tuple[torch.Tensor, torch.Tensor, int | None]]) -> D
     for layer, (keys, values, window) in zip(cache.layers, layers):
         if window is None:
             layer.keys, layer.values = keys, values
-            if layer.get_seq_length() != keys.shape[-2]:  # a transformers release whose layers keep other state
-                raise AssertionError("cache_over: this transformers release's DynamicLayer does not read its "
-                                     "length from .keys; use DynamicCache(ddp_cache_data=...) here")
+            if layer.get_seq_length() != keys.shape[-2]:  # a release whose layers keep other length state:
+                return DynamicCache(ddp_cache_data=[(k, v) if w is None else (k, v, torch.tensor(w))
+                                                    for k, v, w in layers])  # the public, copying way
     return cache
