@@ -290,6 +290,12 @@ class BatchScheduler:
             return self._pending
 
     @property
+    def closed(self) -> bool:
+        """Whether the scheduler takes no more requests (closed, or its model thread failed)."""
+        with self._cond:
+            return self._closed
+
+    @property
     def active(self) -> int:
         """Requests decoding now (model thread's view; approximate from other threads)."""
         return len(self._batch.rows) + len(self._solo)

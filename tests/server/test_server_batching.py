@@ -105,3 +105,15 @@ def test_max_batch_setting_is_validated() -> None:
     for bad in (0, -2, 2.0, True):
         with pytest.raises(ConfigError, match="max_batch must be a positive integer"):
             ServerSettings(max_batch=bad)
+
+
+def test_health_reports_a_dead_model_thread(reference: Any) -> None:
+    app = create_app(reference, ServerSettings(model_name="tiny-random"))
+    with ServerThread(app) as server, httpx.Client(base_url=server.base_url, timeout=60) as client:
+        assert client.get("/health").status_code == 200
+        app.state.worker.scheduler.close()  # what a failed model thread leaves behind
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        answer = client.post("/v1/chat/completions", json={"model": "m", "max_tokens": 3,
+                                                           "messages": [{"role": "user", "content": "Hi?"}]})
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_unavailable"

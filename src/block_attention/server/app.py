@@ -26,7 +26,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from block_attention.errors import BlockAttentionError, ConfigError, ContextTooLongError, InvalidRequestError
+from block_attention.errors import (BlockAttentionError, ConfigError, ContextTooLongError, InvalidRequestError,
+                                    SchedulerClosedError)
 from block_attention.config import GenerationConfig
 from block_attention.stages import RequestPlan
 
@@ -90,11 +91,13 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
     auth = [Depends(require_key)]
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
         stats = worker.scheduler.stats
-        return {"status": "ok", "model": settings.model_name, "queue_depth": worker.queued,
-                "max_batch": worker.max_batch, "decoding": worker.scheduler.active,
-                "max_batch_rows_seen": stats.max_rows, "batched": not stats.fallback}
+        up = not worker.scheduler.closed  # a failed model thread answers nothing more: tell the load balancer
+        return JSONResponse({"status": "ok" if up else "unavailable", "model": settings.model_name,
+                             "queue_depth": worker.queued, "max_batch": worker.max_batch,
+                             "decoding": worker.scheduler.active, "max_batch_rows_seen": stats.max_rows,
+                             "batched": not stats.fallback}, status_code=200 if up else 503)
 
     @app.get("/v1/models", dependencies=auth)
     async def models() -> dict[str, Any]:
@@ -124,8 +127,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
         ereq = translate(parsed, settings)
         rid = new_id("chatcmpl" if chat else "cmpl")
         doc_ids: list[str] = []
-        handle = worker.stream(lambda: start(ereq, doc_ids))
         try:
+            handle = worker.stream(lambda: start(ereq, doc_ids))  # raises when the model thread is gone
             await handle.started
         except BlockAttentionError as exc:
             raise _as_rejected(exc) from None
@@ -238,6 +241,8 @@ def _as_rejected(exc: BlockAttentionError) -> Exception:
     """The HTTP error for an engine refusal (unexpected errors stay errors: 500)."""
     if isinstance(exc, RequestRejected):
         return exc
+    if isinstance(exc, SchedulerClosedError):
+        return RequestRejected(503, str(exc), type="server_error", code="model_unavailable")
     if isinstance(exc, ContextTooLongError):
         return RequestRejected(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, (InvalidRequestError, ConfigError)):
