@@ -4,7 +4,6 @@ with or without cached blocks in front, and what it stores is each block encoded
 from __future__ import annotations
 
 import pytest
-import torch
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, StoreConfig
 from block_attention.oracle import reference_greedy, reference_logits

@@ -1,11 +1,11 @@
 """Assembly: re-encode cached blocks to their prompt offsets and concatenate them into a transformers cache.
 
 Input blocks are read, never written: every block's keys are rotated straight into their slice of one new
-``[L, H_kv, T, D]`` tensor (one read, one write; float32 temporaries of one block, at most ~32 MB of layers at a time) and the values are
-concatenated into another. All tokens of a block move by the same offset, so one cos/sin pair per frequency serves
-the whole block. Each layer gets the cache type the
-model's attention needs: a full layer, or a sliding-window layer (keeping the last ``window - 1`` tokens) where
-the model's mask applies a window; the model's own mask then covers the final block within and beyond the window.
+``[L, H_kv, T, D]`` tensor (one read, one write; float32 temporaries of one block, at most ~32 MB of layers at a
+time) and the values are concatenated into another. All tokens of a block move by the same offset, so one cos/sin
+pair per frequency serves the whole block. Each layer gets the cache type the model's attention needs: a full
+layer, or a sliding-window layer (keeping the last ``window - 1`` tokens) where the model's mask applies a window;
+the model's own mask then covers the final block within and beyond the window.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from transformers import DynamicCache
 from .compat import cache_over
 from .kv import BlockKV
 from .rope import RotaryInfo, rotate_block_into
-
 
 ROTATION_CHUNK_BYTES = 32 << 20  # float32 temporaries of a rotation stay under about twice this
 

@@ -99,6 +99,7 @@ def decode_step(model: torch.nn.Module, state: DecodeState, device: torch.device
     assert state.next_input is not None and state.cache is not None
     token, position = state.next_input
     out = model(input_ids=torch.tensor([[token]], device=device),
-                position_ids=torch.tensor([[position]], device=device), **cache_kwargs(model, state.cache), use_cache=True, logits_to_keep=1)
+                position_ids=torch.tensor([[position]], device=device), **cache_kwargs(model, state.cache),
+                use_cache=True, logits_to_keep=1)
     state.cache = output_cache(out)
     return out.logits[0, -1]  # [V]

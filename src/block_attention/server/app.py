@@ -107,6 +107,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
     @app.get("/metrics", dependencies=auth)
     async def prometheus() -> Response:
         metrics.queue_depth.set(worker.queued)
+        metrics.batch_rows_max.set(worker.scheduler.stats.max_rows)  # the scheduler keeps the running maximum
         return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
 
     def start(ereq: EngineRequest, doc_ids: list[str]) -> tuple[RequestPlan, GenerationConfig]:

@@ -75,7 +75,6 @@ class ServerMetrics:
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.batch_rows_max = Gauge("block_attention_decode_batch_rows_max",
                                     "The most requests one decode forward has decoded", registry=r)
-        self._max_rows = 0
         self.hits = Counter("block_attention_kv_hits", "Block KV served from a tier, by tier", ["tier"], registry=r)
         self.misses = Counter("block_attention_kv_misses", "Block KV that had to be encoded", registry=r)
         self.prompt_tokens = Counter("block_attention_prompt_tokens", "Prompt tokens of answered requests",
@@ -99,9 +98,6 @@ class ServerMetrics:
     def observe_step(self, rows: int) -> None:
         """Record one decode forward of ``rows`` requests (called on the model thread)."""
         self.batch_rows.observe(rows)
-        if rows > self._max_rows:
-            self._max_rows = rows
-            self.batch_rows_max.set(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
