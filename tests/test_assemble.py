@@ -7,8 +7,9 @@ import torch
 
 from block_attention import assemble
 from block_attention.kv import BlockKV
-from block_attention.rope import inspect_model, rotate_keys_, rotation
+from block_attention.rope import inspect_model
 from block_attention.testing import tiny_model
+from block_attention.testing.rope import shift_keys_reference
 
 
 def _blocks(layers: int, heads: int, dim: int) -> list[BlockKV]:
@@ -33,8 +34,7 @@ def test_layer_chunks_equal_one_pass_and_inputs_stay_unchanged(monkeypatch):
         assert torch.equal(b.keys, k) and torch.equal(b.values, v)
     for i, (block, offset) in enumerate(zip(blocks, offsets)):  # each block rotated by its own offset
         start = sum(x.n_tokens for x in blocks[:i])
-        cos, sin = rotation(torch.full((block.n_tokens,), offset), rotary.inv_freq)
-        want = rotate_keys_(block.keys.clone(), cos, sin)  # [L, H, n, D]
+        want = shift_keys_reference(block.keys, torch.full((block.n_tokens,), offset), rotary.inv_freq)  # [L,H,n,D]
         got = torch.stack([layer.keys[0, :, start:start + block.n_tokens] for layer in whole.layers])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         values = torch.stack([layer.values[0, :, start:start + block.n_tokens] for layer in whole.layers])

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from block_attention.errors import UnsupportedModelError
-from block_attention.rope import inspect_model, rotate_keys_, rotation
+from block_attention.rope import inspect_model, rotate_block_into
 from block_attention.testing import ROPE_VARIANTS, WINDOW, architecture_model, tiny_model
+from block_attention.testing.rope import shift_keys_reference
 
 @pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
 def test_rotation_by_offset_equals_model_rotary_at_global_position(variant):
@@ -25,16 +26,17 @@ def test_rotation_by_offset_equals_model_rotary_at_global_position(variant):
         return raw * cos[0] + rot * sin[0]
 
     canonical = apply(torch.arange(n))
-    cos, sin = rotation(torch.full((n,), offset), info.inv_freq)
-    moved = rotate_keys_(canonical.clone(), cos, sin)
+    moved = rotate_block_into(torch.empty_like(canonical), canonical, offset, info.inv_freq)
     torch.testing.assert_close(moved, apply(torch.arange(offset, offset + n)), rtol=0, atol=2e-5)
 
 
 def test_yarn_scaling_is_not_applied_twice():
     info = inspect_model(tiny_model(*ROPE_VARIANTS["yarn"][:1], **ROPE_VARIANTS["yarn"][1]))
     assert info.attention_scaling > 1.05  # the case that would break a naive composition
-    cos, sin = rotation(torch.zeros(3, dtype=torch.long), info.inv_freq)
-    assert torch.equal(cos, torch.ones_like(cos)) and torch.equal(sin, torch.zeros_like(sin))
+    torch.manual_seed(0)
+    keys = torch.randn(2, 3, info.head_dim)  # [H, n, D]
+    unmoved = rotate_block_into(torch.empty_like(keys), keys, 0, info.inv_freq)
+    assert torch.equal(unmoved, keys)  # cos 1, sin 0: no attention_scaling on the shift
 
 
 def test_limits_for_position_dependent_rope():
@@ -70,8 +72,7 @@ def test_partial_and_interleaved_rotation_equals_the_models_own(name, interleave
         return torch.cat((apply_rope(rot, rot, cos, sin)[1], rest), dim=-1)
 
     canonical = apply(torch.arange(n))
-    cos, sin = rotation(torch.full((n,), offset), info.inv_freq, info.interleaved)
-    moved = rotate_keys_(canonical.clone(), cos, sin, info.interleaved)
+    moved = rotate_block_into(torch.empty_like(canonical), canonical, offset, info.inv_freq, info.interleaved)
     torch.testing.assert_close(moved, apply(torch.arange(offset, offset + n)), rtol=0, atol=2e-5)
     assert torch.equal(moved[..., rotary_dim:], raw[..., rotary_dim:])  # pass-through dims untouched
 
@@ -105,15 +106,12 @@ def test_probe_refuses_frequencies_the_model_does_not_apply():
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("rotary_dim", [16, 8])  # 8 of 16 dims: partial rotary
 def test_block_rotation_equals_the_per_token_table(dtype, interleaved, rotary_dim):
-    from block_attention.rope import rotate_block_into
-
     torch.manual_seed(0)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
     src = torch.randn(3, 2, 20, 16).to(dtype)  # [L, H, n, D]
     ulp = 2e-6 if dtype == torch.float32 else 8e-3  # one float32 rounding apart, then one cast back
     for delta in (5, 1234, -77):
-        cos, sin = rotation(torch.full((20,), delta), inv_freq, interleaved)
-        want = rotate_keys_(src.clone(), cos, sin, interleaved)
+        want = shift_keys_reference(src, torch.full((20,), delta), inv_freq, interleaved)
         into = torch.empty_like(src)
         assert rotate_block_into(into, src, delta, inv_freq, interleaved) is into
         torch.testing.assert_close(into.float(), want.float(), rtol=0, atol=ulp * float(src.abs().max()))

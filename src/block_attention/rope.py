@@ -285,13 +285,12 @@ def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int,
         raise UnsupportedModelError(f"Model type {model_type!r}: its rotary module has {rotary_dim} dims but heads "
                                     f"have {head_dim}; the rotary layout is not understood.")
     tol = PROBE_TOLERANCE.get(param.dtype, 5e-2)
-    offsets = torch.full((PROBE_TOKENS,), PROBE_SHIFT, dtype=torch.long, device=param.device)
 
-    def error(interleaved: bool) -> float:
+    def error(interleaved: bool) -> float:  # the probe checks the very rotation assembly uses
         worst = 0.0
         for layer, (k0, v0), (kp, vp) in zip(layers, at_zero, shifted):
-            cos, sin = rotation(offsets, layer.inv_freq.to(param.device), interleaved)
-            moved = rotate_keys_(k0.clone(), cos, sin, interleaved)  # [1, H, n, D]
+            moved = rotate_block_into(torch.empty_like(k0), k0, PROBE_SHIFT, layer.inv_freq.to(param.device),
+                                      interleaved)  # [1, H, n, D]
             scale = max(float(kp.abs().max()), 1e-6)
             worst = max(worst, float((moved - kp).abs().max()) / scale,
                         float((v0 - vp).abs().max()) / max(float(vp.abs().max()), 1e-6))
@@ -308,47 +307,19 @@ def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int,
     )
 
 
-def rotation(offsets: torch.Tensor, inv_freq: torch.Tensor, interleaved: bool = False,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unscaled float32 ``cos, sin`` of shape ``[T, rotary_dim]`` for per-token position offsets ``[T]``."""
-    freqs = offsets.to(torch.float32)[:, None] * inv_freq.to(offsets.device, torch.float32)[None, :]  # [T, R/2]
-    if interleaved:
-        emb = torch.repeat_interleave(freqs, 2, dim=-1)  # [T, R] pairs (2j, 2j+1) share frequency j
-    else:
-        emb = torch.cat((freqs, freqs), dim=-1)  # [T, R] dims j and j + R/2 share frequency j
-    return emb.cos(), emb.sin()
-
-
-def rotate_keys_(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """Rotate the leading ``R = cos.shape[-1]`` dims of ``keys [..., T, D]`` in place by ``cos/sin [T, R]``
-    (float32 math, one cast back); dims ``R..D-1`` (partial rotary) are left alone. Returns ``keys``."""
-    width = cos.shape[-1]
-    part = keys[..., :width]  # [..., T, R] view
-    k = part.to(torch.float32)
-    if interleaved:
-        pairs = k.unflatten(-1, (-1, 2))  # [..., T, R/2, 2]
-        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # [..., T, R]
-    else:
-        half = width // 2
-        rotated = torch.cat((-k[..., half:], k[..., :half]), dim=-1)  # rotate_half(k)
-    part.copy_(k * cos + rotated * sin)
-    return keys
-
-
-
 def rotate_block_into(dest: torch.Tensor, src: torch.Tensor, delta: int, inv_freq: torch.Tensor,
                       interleaved: bool = False) -> torch.Tensor:
     """Write ``src [..., n, D]`` keys rotated by ``delta`` positions into ``dest`` (same shape; may be ``src``).
 
     Every token of a block moves by the same ``delta``, so one ``cos/sin`` pair per frequency serves the whole
     block: ``[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]`` over the rotated pairs (rotate-half halves or
-    interleaved even/odd dims), in float32 with one cast back (the values of :func:`rotate_keys_` with a constant
-    offset, up to float32 rounding). ``src`` is cast to float32 once (same-dtype elementwise math is the fast path
-    on CPU); temporaries are at most two float32 copies of one block. Dims past the rotary width move unchanged.
+    interleaved even/odd dims), in float32 with one cast back. ``src`` is cast to float32 once (same-dtype
+    elementwise math is the fast path on CPU); temporaries are at most two float32 copies of one block. Dims past
+    the rotary width move unchanged. The capability probe measures this function against the model's own caches.
     """
     width = inv_freq.numel() * 2
     freqs = torch.tensor([float(delta)], dtype=torch.float32, device=src.device) \
-        * inv_freq.to(src.device, torch.float32)  # [R/2], as rotation() computes its table rows
+        * inv_freq.to(src.device, torch.float32)  # [R/2]
     cos, sin = freqs.cos(), freqs.sin()  # [R/2] each
     x = src.to(torch.float32)  # [..., n, D] (src itself when already float32: only read)
     out = torch.empty_like(x)  # [..., n, D] float32
