@@ -171,6 +171,21 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep]), accuracy
 
 
+def train_step(model: Any, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """One optimizer step on :func:`answer_loss` (gradients clipped at 1.0); the loss and token accuracy."""
+    loss, accuracy = answer_loss(model, batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item(), accuracy
+
+
+def window_means(running: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Mean loss and mean accuracy of the steps since the last log line."""
+    return (sum(r[0] for r in running) / len(running), sum(r[1] for r in running) / len(running))
+
+
 def with_position_gaps(batch: dict[str, torch.Tensor], encoded: Sequence[Any], rng: random.Random,
                        max_position: int) -> dict[str, torch.Tensor]:
     """Add random gaps before each doc block and before the final block (see the module docstring)."""
@@ -213,14 +228,9 @@ def train_phase(model: Any, tokenizer: Any, task: ReaderTask, config: ReaderConf
         examples = task.examples(rng, config.batch_size, difficulty(step))
         encoded = [collator.encode(ex) for ex in examples]
         batch = with_position_gaps(collator.collate(encoded), encoded, rng, config.max_position)
-        loss, accuracy = answer_loss(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        running.append((loss.item(), accuracy))
+        running.append(train_step(model, opt, batch))
         if (step + 1) % 25 == 0:
-            mean_loss, mean_acc = (sum(r[i] for r in running) / len(running) for i in (0, 1))
+            mean_loss, mean_acc = window_means(running)
             log(f"{name} step {step + 1}/{steps} loss {mean_loss:.3f} token accuracy {mean_acc:.3f} "
                 f"difficulty {difficulty(step):.2f} ({time.perf_counter() - start:.0f}s)")
             report.probes.append({"phase": name, "step": step + 1, "loss": round(mean_loss, 3),
@@ -256,14 +266,9 @@ def warmup_phase(model: Any, tokenizer: Any, config: ReaderConfig, report: Repor
         for i, (r, lab) in enumerate(zip(rows, labels)):
             input_ids[i, : len(r)] = torch.tensor(r)
             label_ids[i, : len(lab)] = torch.tensor(lab)
-        loss, accuracy = answer_loss(model, {"input_ids": input_ids, "labels": label_ids})
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        running.append((loss.item(), accuracy))
+        running.append(train_step(model, opt, {"input_ids": input_ids, "labels": label_ids}))
         if (step + 1) % 50 == 0:
-            mean_loss, mean_acc = (sum(r[i] for r in running) / len(running) for i in (0, 1))
+            mean_loss, mean_acc = window_means(running)
             log(f"warmup step {step + 1}/{config.warmup_steps} loss {mean_loss:.3f} copy accuracy {mean_acc:.3f} "
                 f"({time.perf_counter() - start:.0f}s)")
             if report is not None:
