@@ -62,7 +62,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .compat import cache_kwargs, output_cache
+from .compat import cache_kwargs, cache_over, empty_cache, output_cache
 from .config import GenerationConfig
 from .decoding import DecodeState, decode_step
 from .errors import ConfigError, RequestCancelledError, SchedulerClosedError
@@ -191,11 +191,9 @@ class PaddedBatch:
                      torch.cat([_left_pad(layer.values, grow, 2), _left_pad(v, pad, 2)]))
                     for layer, (k, v) in zip(self.cache.layers, own)]
             self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, pad, 1)])  # [B+1, W]
-        self.cache = DynamicCache(ddp_cache_data=data)
+        self.cache = cache_over([(k, v, None) for k, v in data])  # the new tensors themselves, not a copy
         self.rows.append(state)
-        for layer in state.cache.layers:  # emptied, not just dropped: the state's Prefilled and Assembled share
-            layer.keys = layer.values = None  # this cache object, and would keep a second copy of the row alive
-            layer.is_initialized = False
+        empty_cache(state.cache)  # emptied, not just dropped: the state's Prefilled and Assembled share this cache
         state.cache = None
 
     def keep(self, indices: list[int]) -> None:
@@ -211,8 +209,8 @@ class PaddedBatch:
         mask = self.mask.index_select(0, index)  # [B', T]
         first = int(mask.any(dim=0).nonzero()[0])  # leading columns that are padding in every row
         self.mask = mask[:, first:]
-        self.cache = DynamicCache(ddp_cache_data=[
-            (layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:])
+        self.cache = cache_over([
+            (layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:], None)
             for layer in self.cache.layers])  # each [B', H_kv, T - first, D]
         self.rows = [self.rows[i] for i in indices]
 
@@ -237,8 +235,8 @@ class PaddedBatch:
         if self.cache is not None:
             for i, state in enumerate(rows):
                 pad = width - int(self.mask[i].sum())
-                state.cache = DynamicCache(ddp_cache_data=[
-                    (layer.keys[i:i + 1, :, pad:width].clone(), layer.values[i:i + 1, :, pad:width].clone())
+                state.cache = cache_over([  # own storage, so the batch's tensors can be freed
+                    (layer.keys[i:i + 1, :, pad:width].clone(), layer.values[i:i + 1, :, pad:width].clone(), None)
                     for layer in self.cache.layers])  # each [1, H_kv, n, D]
         self.keep([])
         return rows

@@ -64,3 +64,11 @@ def cache_over(layers: list[tuple[torch.Tensor, torch.Tensor, int | None]]) -> D
                 return DynamicCache(ddp_cache_data=[(k, v) if w is None else (k, v, torch.tensor(w))
                                                     for k, v, w in layers])  # the public, copying way
     return cache
+
+
+def empty_cache(cache: DynamicCache) -> None:
+    """Drop every layer's tensors from ``cache`` in place (other holders of the same cache object then keep no KV
+    alive); the cache reads as empty afterwards."""
+    for layer in cache.layers:
+        layer.keys = layer.values = None
+        layer.is_initialized = False
