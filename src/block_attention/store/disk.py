@@ -68,7 +68,8 @@ DB_NAME = "cache.db"
 VALUE_DIR = "v"
 VALUE_SUFFIX = ".bakv"
 _DB_SIDE_FILES = ("", "-journal", "-wal", "-shm")
-_IO_ERRORS = (OSError, sqlite3.Error)
+_DB_ERRORS = (sqlite3.Error, UnicodeDecodeError)  # (SQLite's message about a damaged schema may not decode)
+_IO_ERRORS = (OSError, *_DB_ERRORS)
 _VALUE_NAME = re.compile(r"^[0-9a-f]{40}\.bakv$")
 _TMP_NAME = re.compile(r"^([0-9a-f]{40})\.(\d+)\.[0-9a-f]+\.tmp$")
 _TMP_MAX_AGE_S = 3600.0
@@ -161,8 +162,9 @@ class DiskTier(KVTier):
         digest = value_digest(skey)
         with self._lock:
             try:
+                self._refuse_db_links()
                 row = self._con.execute("SELECT size FROM kv_entries WHERE key = ?", (skey,)).fetchone()
-            except sqlite3.Error as exc:
+            except _IO_ERRORS as exc:
                 logger.warning("KV disk tier read of %s failed (%r); treating it as a miss.", skey, exc)
                 return None
         if row is None:
@@ -195,8 +197,9 @@ class DiskTier(KVTier):
         """Whether an index row exists for ``key`` (not validated; does not touch recency)."""
         with self._lock:
             try:
+                self._refuse_db_links()
                 row = self._con.execute("SELECT 1 FROM kv_entries WHERE key = ?", (key.as_str(),)).fetchone()
-            except sqlite3.Error as exc:
+            except _IO_ERRORS as exc:
                 logger.warning("KV disk tier lookup of %s failed (%r); treating it as absent.", key.as_str(), exc)
                 return False
         return row is not None
@@ -218,16 +221,22 @@ class DiskTier(KVTier):
         final = digest + VALUE_SUFFIX
         try:
             with self._subdir(digest, create=True) as sub:
+                placed = False
                 try:
                     _write_file(sub, tmp, data)
                     with self._lock, self._transaction():
                         os.replace(tmp, final, src_dir_fd=sub, dst_dir_fd=sub)
+                        placed = True
                         self._con.execute(
                             "INSERT OR REPLACE INTO kv_entries (key, doc, size, access) VALUES "
                             "(?, ?, ?, (SELECT COALESCE(MAX(access), 0) + 1 FROM kv_entries))",
                             (skey, _doc_column(key.doc_id), len(data)),
                         )
                         self._evict_locked(skey)
+                except BaseException:
+                    if placed:  # rolled back: the file must not outlive its row (the sweep reclaims it otherwise)
+                        _unlink_quietly(sub, final)
+                    raise
                 finally:
                     _unlink_quietly(sub, tmp)
         except _IO_ERRORS as exc:
@@ -248,10 +257,16 @@ class DiskTier(KVTier):
             return 0
         try:
             with self._lock, self._transaction():
-                rows = self._con.execute("SELECT key FROM kv_entries WHERE doc = ?", (_doc_column(doc_id),)).fetchall()
-                for (skey,) in rows:
-                    self._remove_locked(skey)
-            return len(rows)
+                # the doc column is a hint only: a row is the document's when its key names it
+                rows = self._con.execute("SELECT rowid, key FROM kv_entries WHERE doc = ? OR instr(key, ?) > 0",
+                                         (_doc_column(doc_id), f"|{_doc_column(doc_id)}|")).fetchall()
+                removed = 0
+                for rowid, skey in rows:
+                    parsed = CacheKey.from_str(skey)
+                    if parsed is None or parsed.doc_id == doc_id:  # (a key naming nothing is junk: removed too)
+                        self._remove_locked(rowid, skey)
+                        removed += parsed is not None
+            return removed
         except _IO_ERRORS as exc:
             logger.warning("KV disk tier delete of document %r failed (%r).", doc_id, exc)
             return 0
@@ -268,10 +283,11 @@ class DiskTier(KVTier):
             return 0
         try:
             with self._lock, self._transaction():
-                rows = self._con.execute("SELECT key FROM kv_entries").fetchall()
-                for (skey,) in rows:
-                    self._remove_locked(skey)
-            return len(rows)
+                (count,) = self._con.execute("SELECT COUNT(*) FROM kv_entries").fetchone()
+                self._con.execute("DELETE FROM kv_entries")
+                for digest in self._scan_values():  # no row is left, so every value file goes (orphans too)
+                    self._unlink_entry(digest)
+            return int(count)
         except _IO_ERRORS as exc:
             logger.warning("KV disk tier clear failed (%r).", exc)
             return 0
@@ -304,8 +320,9 @@ class DiskTier(KVTier):
     def __len__(self) -> int:
         with self._lock:
             try:
+                self._refuse_db_links()
                 return int(self._con.execute("SELECT COUNT(*) FROM kv_entries").fetchone()[0])
-            except sqlite3.Error as exc:
+            except _IO_ERRORS as exc:
                 logger.warning("KV disk tier count query failed (%r).", exc)
                 return 0
 
@@ -316,7 +333,7 @@ class DiskTier(KVTier):
             self._closed = True
             try:
                 self._con.close()
-            except sqlite3.Error as exc:
+            except _DB_ERRORS as exc:
                 logger.warning("Closing the KV disk index failed (%r).", exc)
 
     # -- internals: files ------------------------------------------------------------------------------------
@@ -378,31 +395,57 @@ class DiskTier(KVTier):
     # -- internals: index ------------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any failure, the commit's included, rolls back and re-raises."""
+        self._refuse_db_links()
         self._con.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._con.execute("COMMIT")
         except BaseException:
             try:
                 self._con.execute("ROLLBACK")
-            except sqlite3.Error:
+            except _DB_ERRORS:
                 pass
             raise
-        self._con.execute("COMMIT")
 
-    def _remove_locked(self, skey: object) -> None:
-        """Delete a row and its value file (inside a transaction, lock held)."""
-        self._con.execute("DELETE FROM kv_entries WHERE key = ?", (skey,))
+    def _remove_locked(self, rowid: int, skey: object) -> None:
+        """Delete a row (by rowid: its key may not even decode) and its value file (in a transaction, lock held)."""
+        self._con.execute("DELETE FROM kv_entries WHERE rowid = ?", (rowid,))
         if isinstance(skey, str):
             self._unlink_entry(value_digest(skey))
+
+    def _refuse_db_links(self) -> None:
+        """``cache.db`` and its journal/WAL/shm must be regular files of this directory; anything else there (a link,
+        a FIFO, a directory) is removed without following it, before SQLite can open it. A removal that fails is a
+        :class:`StoreError` at open and an ``OSError`` (a miss, a skipped write) afterwards.
+        """
+        for suffix in _DB_SIDE_FILES:
+            path = os.path.join(self._directory, DB_NAME + suffix)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(mode):
+                continue
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+            try:
+                os.rmdir(path) if stat.S_ISDIR(mode) else os.unlink(path)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{path} is {what} and could not be removed ({exc.strerror})") from None
+            logger.warning("KV disk tier removed %s: it is %s, never followed%s.", path, what,
+                           "; the index starts empty" if suffix == "" else "")
 
     def _delete_row(self, skey: str) -> bool:
         if self._read_only:
             return False
         try:
             with self._lock, self._transaction():
-                found = self._con.execute("SELECT 1 FROM kv_entries WHERE key = ?", (skey,)).fetchone() is not None
-                self._remove_locked(skey)
-            return found
+                rows = self._con.execute("SELECT rowid FROM kv_entries WHERE key = ?", (skey,)).fetchall()
+                for (rowid,) in rows:
+                    self._remove_locked(rowid, skey)
+                if not rows:
+                    self._unlink_entry(value_digest(skey))  # (an orphan of this key: never worth keeping)
+            return bool(rows)
         except _IO_ERRORS as exc:
             logger.warning("KV disk tier delete of %s failed (%r).", skey, exc)
             return False
@@ -415,7 +458,7 @@ class DiskTier(KVTier):
             try:
                 self._con.execute("UPDATE kv_entries SET access = (SELECT COALESCE(MAX(access), 0) + 1 "
                                   "FROM kv_entries) WHERE key = ?", (skey,))
-            except sqlite3.Error as exc:
+            except _DB_ERRORS as exc:
                 logger.debug("KV disk tier recency update of %s skipped (%r).", skey, exc)
 
     def _db_bytes(self, transient: bool = True) -> int:
@@ -437,14 +480,14 @@ class DiskTier(KVTier):
             "FROM kv_entries").fetchone()
         total = int(values) + self._db_bytes(transient=False) + _PAGE_MARGIN
         while total > self._max_bytes:
-            batch = self._con.execute("SELECT key, size FROM kv_entries WHERE key != ? ORDER BY access ASC "
-                                      "LIMIT 32", (protect,)).fetchall()
+            batch = self._con.execute("SELECT rowid, key, size FROM kv_entries WHERE key IS NOT ? "
+                                      "ORDER BY access ASC LIMIT 32", (protect,)).fetchall()
             if not batch:
                 return
-            for skey, size in batch:
+            for rowid, skey, size in batch:
                 if total <= self._max_bytes:
                     return
-                self._remove_locked(skey)
+                self._remove_locked(rowid, skey)
                 self._evictions += 1
                 total -= size if type(size) is int and size > 0 else 0
 
@@ -454,10 +497,19 @@ class DiskTier(KVTier):
         except OSError as exc:
             raise _store_error(self._directory, exc) from exc
         db = os.path.join(self._directory, DB_NAME)
+        try:
+            self._refuse_db_links()  # before anything follows a planted link (os.access and SQLite would)
+        except OSError as exc:
+            raise StoreError(
+                f"The KV disk directory {self._directory!r} holds an index file this library never follows "
+                f"({exc.strerror}). Remove it, or point StoreConfig.disk_dir at another directory."
+            ) from None
         if not _writable(self._directory, db):
             return self._open_read_only(db, "the directory or its cache.db is not writable")
         try:
             return self._connect(db)
+        except UnicodeDecodeError:
+            pass  # SQLite's message about the schema is not UTF-8: the schema text is damaged
         except sqlite3.DatabaseError as exc:
             if _is_read_only_error(exc):
                 return self._open_read_only(db, str(exc))
@@ -474,11 +526,12 @@ class DiskTier(KVTier):
                        "(its entries will be recomputed).", db, aside)
         try:
             return self._connect(db)
-        except sqlite3.Error as exc:
+        except _DB_ERRORS as exc:
             raise _store_error(self._directory, exc) from exc
 
     def _connect(self, db: str) -> sqlite3.Connection:
         con = sqlite3.connect(db, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        con.text_factory = _text
         try:
             con.execute("PRAGMA mmap_size = 0")
             mode = con.execute("PRAGMA journal_mode").fetchone()[0]
@@ -515,10 +568,11 @@ class DiskTier(KVTier):
         try:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
                                   check_same_thread=False)
+            con.text_factory = _text
             con.execute("PRAGMA mmap_size = 0")
             _check_schema(con, self._directory)
             con.execute("SELECT COUNT(*) FROM kv_entries").fetchone()
-        except sqlite3.Error as exc:
+        except _DB_ERRORS as exc:
             raise StoreError(
                 f"The KV disk directory {self._directory!r} is read-only ({why}) and its cache.db cannot be read "
                 f"({exc}). Make it writable, or pass disk_dir=None to disable the disk tier."
@@ -533,9 +587,13 @@ class DiskTier(KVTier):
             with self._lock, self._transaction():
                 files = self._scan_values()
                 keep: set[str] = set()
-                for rowid, skey, size in self._con.execute("SELECT rowid, key, size FROM kv_entries").fetchall():
-                    digest = value_digest(skey) if isinstance(skey, str) else None
-                    if digest is not None and type(size) is int and files.get(digest) == size:
+                rows = self._con.execute("SELECT rowid, key, doc, size FROM kv_entries").fetchall()
+                for rowid, skey, doc, size in rows:
+                    parsed = CacheKey.from_str(skey)  # None: not a key this library writes (junk, undecodable)
+                    digest = value_digest(skey) if parsed is not None else None
+                    doc_ok = parsed is not None and doc == _doc_column(parsed.doc_id)
+                    if digest is not None and doc_ok and type(size) is int and files.get(digest) == size \
+                            and digest not in keep:
                         keep.add(digest)
                         continue
                     self._con.execute("DELETE FROM kv_entries WHERE rowid = ?", (rowid,))
@@ -543,8 +601,11 @@ class DiskTier(KVTier):
                         logger.warning("KV disk tier dropped the index row of %r: its value file is missing.", skey)
                         continue
                     self._corrupt_dropped += 1
-                    logger.warning("Dropping corrupt KV cache entry %r: its index row (size %r) does not match its "
-                                   "value file (%r bytes). It will be recomputed.", skey, size, files.get(digest or ""))
+                    why = "its key is not one this library writes" if parsed is None else (
+                        f"its index row names document {doc!r}, its key another" if not doc_ok else
+                        f"its index row (size {size!r}) does not match its value file ({files.get(digest or '')!r} "
+                        "bytes)")
+                    logger.warning("Dropping corrupt KV cache entry %r: %s. It will be recomputed.", skey, why)
                 for digest in set(files) - keep:
                     self._unlink_entry(digest)
                     logger.info("KV disk tier removed orphan value file %s%s.", digest, VALUE_SUFFIX)
@@ -590,6 +651,14 @@ class DiskTier(KVTier):
                         _remove_path(entry.path)  # a link, FIFO or stray file in the library's own directory
                         logger.warning("KV disk tier removed foreign entry %s.", entry.path)
         return found
+
+
+def _text(raw: bytes) -> str | bytes:
+    """SQLite TEXT as ``str``; text that is not valid UTF-8 (a damaged or forged row) stays ``bytes``, never raises."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(raw)
 
 
 def _check_schema(con: sqlite3.Connection, directory: str) -> None:

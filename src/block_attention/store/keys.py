@@ -60,3 +60,32 @@ class CacheKey:
     def as_str(self) -> str:
         """Flat string form (the disk tier's key). ``doc_id`` goes last-but-one, JSON-quoted, so any id is safe."""
         return f"v{FORMAT_VERSION}|{self.fingerprint}|{json.dumps(self.doc_id)}|{self.content_hash}"
+
+    @classmethod
+    def from_str(cls, flat: object) -> CacheKey | None:
+        """The key whose :meth:`as_str` is ``flat``, or ``None`` when ``flat`` is not one (junk, another version).
+
+        The JSON-quoted ``doc_id`` is found by decoding at each ``|"`` and keeping the first parse that renders back
+        to ``flat`` exactly (a fingerprint holding ``|"`` can make two parses render alike; either names ``flat``).
+        """
+        prefix = f"v{FORMAT_VERSION}|"
+        if not isinstance(flat, str) or not flat.startswith(prefix):
+            return None
+        at = flat.find('|"', len(prefix) - 1)
+        while at >= len(prefix) - 1:
+            try:
+                doc_id, end = _JSON.raw_decode(flat, at + 1)
+            except ValueError:
+                doc_id, end = None, 0
+            if isinstance(doc_id, str) and flat.startswith("|", end):
+                try:
+                    key = cls(Fingerprint(flat[len(prefix):at]), doc_id, TokenHash(flat[end + 1:]))
+                except InvalidRequestError:  # (a lone surrogate in the id: never a key this library writes)
+                    key = None
+                if key is not None and key.as_str() == flat:
+                    return key
+            at = flat.find('|"', at + 1)
+        return None
+
+
+_JSON = json.JSONDecoder()
