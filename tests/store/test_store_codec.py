@@ -61,3 +61,37 @@ def test_requests_served_from_an_int8_disk_tier_stay_close_to_exact(tok, docs, t
     assert torch.equal(warm.logits.argmax(-1), exact.logits.argmax(-1))
     with BlockAttentionEngine(model, tok, store=False) as uncached:
         assert greedy.token_ids == uncached.generate(docs, QUESTION, max_new_tokens=16, stop_on_eos=False).token_ids
+
+
+def test_an_exact_reader_never_serves_a_lossy_entry(tok, docs, tmp_path):
+    """kv_codec='none' means exact: an int8 entry is a miss for it (not dropped, not counted corrupt), it recomputes
+    and writes its exact entry in the same slot, which an int8 reader serves as well."""
+    model = tiny_model("llama", seed=5)
+    lossy = StoreConfig(memory_bytes=0, disk_dir=tmp_path / "kv", kv_codec="int8")
+    exact = StoreConfig(memory_bytes=0, disk_dir=tmp_path / "kv", kv_codec="none")
+    with BlockAttentionEngine(model, tok, store=False) as uncached:
+        want = uncached.prefill(docs, QUESTION, all_logits=True).logits
+    with BlockAttentionEngine(model, tok, store=lossy) as writer:
+        writer.prefill(docs, QUESTION)  # every block stored as int8
+    with BlockAttentionEngine(model, tok, store=exact) as reader:
+        first = reader.prefill(docs, QUESTION, all_logits=True)
+        assert first.stats.disk_hits == 0 and first.stats.misses == len(docs) + 1
+        assert torch.equal(first.logits, want)  # exact, not within 5.8e-4
+        assert reader.store.stats().corrupt_dropped == 0
+        second = reader.prefill(docs, QUESTION, all_logits=True)  # its own exact entries now
+        assert second.stats.disk_hits == len(docs) + 1 and torch.equal(second.logits, want)
+    with BlockAttentionEngine(model, tok, store=lossy) as writer:  # an int8 reader serves exact entries
+        again = writer.prefill(docs, QUESTION, all_logits=True)
+        assert again.stats.disk_hits == len(docs) + 1 and torch.equal(again.logits, want)
+
+
+def test_loads_refuses_a_lossy_entry_only_when_asked_for_exact():
+    kv = make_kv(4)
+    data = serialize.dumps(key(), kv, "int8")
+    assert serialize.loads(key(), data).keys.shape == kv.keys.shape
+    with pytest.raises(serialize.CodecRefused, match="int8"):
+        serialize.loads(key(), data, exact=True)
+    dropped = []
+    assert serialize.loads_or_drop(key(), data, lambda k, why: dropped.append(why), exact=True) is None
+    assert not dropped
+    assert torch.equal(serialize.loads(key(), serialize.dumps(key(), kv), exact=True).keys, kv.keys)

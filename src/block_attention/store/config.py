@@ -38,7 +38,9 @@ class StoreConfig:
       of every Redis call (a slow or down Redis costs at most this, then a miss).
     * ``kv_codec``: how the disk and remote tiers store KV: ``"none"`` (exact, the default) or ``"int8"``
       (:mod:`block_attention.store.codec`: about half the bytes of bf16, a small logit error; the memory tier always
-      holds exact KV).
+      holds exact KV). ``"none"`` means exact when reading too: an int8 entry (written by another engine on the same
+      directory or Redis) is a miss for it, recomputed and overwritten with the exact entry; an ``"int8"`` reader
+      serves both. The codec is not part of the key.
     """
 
     memory_bytes: int = 2 * GiB

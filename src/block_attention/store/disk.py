@@ -113,7 +113,7 @@ class DiskTier(KVTier):
     name = "disk"
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int, *, codec: str = "none") -> None:
-        self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec
+        self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec, "none" only exact ones
         self._directory = os.path.abspath(os.fspath(directory))
         self._max_bytes = max_bytes
         self._corrupt_dropped = 0
@@ -191,7 +191,7 @@ class DiskTier(KVTier):
 
     def get(self, key: CacheKey) -> BlockKV | None:
         """Validated entry for ``key`` (CPU tensors), or None; a corrupt entry is dropped and counted."""
-        return serialize.loads_or_drop(key, self.get_bytes(key), self.drop_corrupt)
+        return serialize.loads_or_drop(key, self.get_bytes(key), self.drop_corrupt, exact=self._codec == "none")
 
     def contains(self, key: CacheKey) -> bool:
         """Whether an index row exists for ``key`` (not validated; does not touch recency)."""

@@ -64,7 +64,7 @@ class RedisTier(KVTier):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec
+        self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec, "none" only exact ones
         self._errors_mod = redis.exceptions
         self._url = url
         self._ttl_s = ttl_s
@@ -148,7 +148,7 @@ class RedisTier(KVTier):
             self._fault("a read", exc)
             return None
         self._ok()
-        return serialize.loads_or_drop(key, data, self._drop_corrupt)
+        return serialize.loads_or_drop(key, data, self._drop_corrupt, exact=self._codec == "none")
 
     def put(self, key: CacheKey, kv: BlockKV) -> bool:
         if not self._available():

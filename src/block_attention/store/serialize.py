@@ -9,7 +9,9 @@ Layout::
 doc_id, content_hash, dtype, shape`` and ``codec`` (absent means ``"none"``, the original format). :func:`loads` trusts nothing: wrong magic or
 version, truncation, a digest mismatch, a safetensors parse failure, metadata naming another cache key, or tensors
 whose dtype/shape disagree with the metadata all raise :class:`~block_attention.errors.CorruptEntryError` with the
-reason. Tensors come back on CPU, contiguous, owning their memory; every dtype (bf16 included) round-trips
+reason. ``loads(..., exact=True)`` (a tier configured with ``kv_codec="none"``) raises :class:`CodecRefused` for
+a lossy entry instead of decoding it: for an exact reader such an entry is a miss (not corrupt; it is recomputed and
+overwritten with the exact entry, which a lossy reader serves too). Tensors come back on CPU, contiguous, owning their memory; every dtype (bf16 included) round-trips
 bitwise.
 """
 
@@ -36,6 +38,10 @@ _PREFIX = struct.Struct("<4sHQ")  # magic, layout version, payload length
 HEADER_SIZE = _PREFIX.size + _DIGEST_SIZE
 
 
+class CodecRefused(Exception):
+    """A valid entry in a lossy codec, read by an exact reader: a miss, not corruption."""
+
+
 def dumps(key: CacheKey, kv: BlockKV, codec: Codec = "none") -> bytes:
     """Serialize ``kv`` (any device) for ``key`` with ``codec``; the tensors themselves are not modified."""
     metadata = {
@@ -53,26 +59,33 @@ def dumps(key: CacheKey, kv: BlockKV, codec: Codec = "none") -> bytes:
     return prefix + payload_digest(payload) + payload
 
 
-def loads(key: CacheKey, data: bytes) -> BlockKV:
-    """Parse and validate an entry read from the slot of ``key``; raise ``CorruptEntryError`` on any mismatch."""
+def loads(key: CacheKey, data: bytes, *, exact: bool = False) -> BlockKV:
+    """Parse and validate an entry read from the slot of ``key``; raise ``CorruptEntryError`` on any mismatch, and
+    :class:`CodecRefused` for a lossy entry when ``exact``."""
     payload = _check_envelope(data)
     metadata = _read_metadata(payload)
     _check_metadata(key, metadata)
-    tensors = _read_tensors(payload)
     codec = metadata.get("codec", "none")
     if codec not in CODECS:
         raise CorruptEntryError(f"entry uses codec {codec!r}; this library reads {list(CODECS)}")
+    if exact and codec != "none":
+        raise CodecRefused(f"entry is stored with the lossy codec {codec!r} and this reader is exact")
+    tensors = _read_tensors(payload)
     if codec == "none":
         return _check_tensors(tensors, metadata)
     return decode(tensors, codec, _dtype_of(metadata.get("dtype")), _shape_of(metadata.get("shape")))
 
 
-def loads_or_drop(key: CacheKey, data: bytes | None, drop: Callable[[CacheKey, str], None]) -> BlockKV | None:
-    """:func:`loads` for a tier's ``get``: ``None`` for no data, and for bad data after ``drop(key, reason)``."""
+def loads_or_drop(key: CacheKey, data: bytes | None, drop: Callable[[CacheKey, str], None], *,
+                  exact: bool = False) -> BlockKV | None:
+    """:func:`loads` for a tier's ``get``: ``None`` for no data, for a lossy entry when ``exact`` (kept: another
+    reader may serve it), and for bad data after ``drop(key, reason)``."""
     if data is None:
         return None
     try:
-        return loads(key, data)
+        return loads(key, data, exact=exact)
+    except CodecRefused:
+        return None
     except CorruptEntryError as exc:
         drop(key, str(exc))
         return None
