@@ -102,3 +102,31 @@ def test_user_mistakes_give_one_line_errors(index, tmp_path, args, needle):
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and needle.lower() in lines[0].lower(), res.stderr
+
+
+def _snapshot(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_question_that_is_not_utf8_is_one_line_error_and_writes_nothing(index):
+    before = _snapshot(index)
+    res = run_cli("ask", b"who \xff lit", "--index", str(index), "--max-new-tokens", "2")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "UTF-8" in lines[0] and "0xff" in lines[0]
+    assert _snapshot(index) == before
+
+
+@pytest.mark.parametrize("field", ["id", "title", "text"])
+def test_jsonl_record_with_a_lone_surrogate_is_one_line_error_and_writes_nothing(tmp_path, field):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    record = {"id": "p1", "title": "Lamps", "text": "A passage about lamps."}
+    record[field] = "\\ud800" + record[field]  # a JSON escape decoding to a lone surrogate
+    (corpus / "good.jsonl").write_text('{"id": "p0", "text": "A fine passage."}\n')
+    (corpus / "bad.jsonl").write_text("{" + ", ".join(f'"{k}": "{v}"' for k, v in record.items()) + "}\n")
+    res = run_cli("ingest", str(corpus), "--index", str(tmp_path / "idx"), "--quiet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "surrogate" in lines[0] and f'"{field}"' in lines[0]
+    assert not (tmp_path / "idx").exists()

@@ -76,6 +76,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if (index / "manifest.json").exists():
         retriever = Retriever.load(index)
     else:
+        from .retrieval.corpus import load_corpus
+
+        load_corpus(args.dir)  # a bad corpus is refused before the index folder is created
         retriever = Retriever.create(index, index_kind=args.index_kind, chunk_tokens=args.chunk_tokens,
                                      overlap_tokens=args.overlap, embedder=args.embedder)
     report = retriever.ingest(args.dir, show_progress=not args.quiet)
@@ -93,7 +96,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utf8_text(value: str, what: str) -> str:
+    """``value`` when it is valid UTF-8 text; else an InvalidRequestError naming the byte (argv bytes that are not
+    UTF-8 arrive as lone surrogates, ``\udcff`` for byte 0xff)."""
+    from .errors import InvalidRequestError
+
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        raise InvalidRequestError(
+            f"{what} is not valid UTF-8 ({bad} at character {exc.start}); pass UTF-8 text (convert it with e.g. "
+            "iconv -t UTF-8)."
+        ) from None
+    return value
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
+    _utf8_text(args.question, "The question")  # before any index or model work: nothing is opened or written
     _ask_once(_pipeline(args), args.question, args)
     return 0
 

@@ -126,3 +126,19 @@ def test_document_validation() -> None:
     with pytest.raises(ValueError, match="title"):
         Document(doc_id="d", title=None, text="x")  # type: ignore[arg-type]
     assert Document(doc_id="d", title="", text="x").source is None
+
+
+@pytest.mark.parametrize("field", ["doc_id", "title", "text"])
+def test_documents_with_a_lone_surrogate_are_refused(field: str) -> None:
+    from block_attention.errors import InvalidRequestError
+
+    values = {"doc_id": "d", "title": "t", "text": "body"}
+    values[field] = "a\ud800b"
+    with pytest.raises(InvalidRequestError, match="lone surrogate"):
+        Document(**values)
+
+
+def test_jsonl_record_with_a_lone_surrogate_names_line_and_field(tmp_path: Path) -> None:
+    _write(tmp_path / "c" / "x.jsonl", '{"id": "ok", "text": "fine"}\n{"id": "\\udfff", "text": "body"}\n')
+    with pytest.raises(CorpusFormatError, match=r'line 2 has an "id" holding a lone surrogate'):
+        load_corpus(tmp_path / "c")

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..blocks import check_text
 from ..errors import InvalidRequestError
 from ..errors import CorpusFormatError, CorpusNotFoundError, EmptyCorpusError
 
@@ -61,6 +62,8 @@ class Document:
                 f"Document {self.doc_id!r} text must be a str, got {type(self.text).__name__}; "
                 "convert it to text first."
             )
+        for what, value in (("doc_id", self.doc_id), ("title", self.title), ("text", self.text)):
+            check_text(value, f"Document {what}")
         if self.source is not None and (not isinstance(self.source, str) or not self.source):
             raise InvalidRequestError(
                 f"Document {self.doc_id!r} source must be a non-empty str or None, got {self.source!r}."
@@ -232,6 +235,14 @@ def _load_jsonl(file: Path, source: str) -> list[Document]:
             doc_id = str(raw_id)
         else:
             raise CorpusFormatError(f'Record at {where} has an invalid "id" {raw_id!r}; use a non-empty string.')
+        for field, value in (("id", doc_id), ("title", title), ("text", text)):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise CorpusFormatError(
+                    f'Record at {where} has an "{field}" holding a lone surrogate ({value[exc.start]!r} at index '
+                    f"{exc.start}), which is not valid Unicode text; fix or remove that \\u escape in the file."
+                ) from None
         if not text.strip():
             continue
         documents.append(Document(doc_id=doc_id, title=title.strip(), text=text.strip(), source=source))

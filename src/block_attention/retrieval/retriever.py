@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..blocks import Block
+from ..blocks import Block, check_text
 from ..errors import ConfigError, InvalidRequestError
 from .chunking import ChunkingConfig, Passage, TokenCounter, chunk_document
 from .corpus import Document, check_unique_doc_ids, list_sources, load_corpus
@@ -337,6 +337,7 @@ class Retriever:
         for query in queries:
             if not isinstance(query, str) or not query.strip():
                 raise InvalidRequestError(f"A search query must be a non-empty str, got {query!r}.")
+            check_text(query, "A search query")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise InvalidRequestError(f"top_k must be a positive int, got {top_k!r}.")
         if not queries:
