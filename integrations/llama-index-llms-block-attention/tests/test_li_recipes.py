@@ -17,10 +17,11 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import MetadataMode, TextNode
 
 from block_attention.integration.markers import split_prompt
 from llama_index.llms.block_attention import BlockAttentionLLM, BlockMarkers, block_query_engine, node_key
+from llama_index.llms.block_attention.markers import mark_retrieved
 
 N = 6
 K = 3
@@ -146,13 +147,89 @@ def test_stock_chat_engines_keep_nodes_as_blocks(chat_mode: str, make_engine: An
     assert after.misses == before.misses and after.hits - before.hits == K + 1
 
 
-def test_flat_context_warns_once(make_engine: Any, vector_index: VectorStoreIndex,
-                                 caplog: pytest.LogCaptureFixture) -> None:
+def _stats(response: Any) -> dict[str, Any]:
+    return response.metadata["block_attention"]
+
+
+def _blocks_per_request(response: Any) -> list[int]:
+    return [r["blocks"] for r in _stats(response)["requests"]]
+
+
+@pytest.mark.parametrize("mode", ["compact", "refine", "tree_summarize", "simple_summarize", "streaming"])
+def test_plain_stock_query_engine_keeps_every_node_as_a_cached_block(mode: str, make_engine: Any, oracle: Any,
+                                                                     recorder: Recorder,
+                                                                     vector_index: VectorStoreIndex) -> None:
+    """``index.as_query_engine(llm=llm)`` with no extra setup: the retrieved nodes are found in the prompt through
+    LlamaIndex's instrumentation, so every request is answered exactly like the BlockMarkers recipe (same blocks,
+    same final block) and the second query is all cache hits."""
+    options = dict(streaming=True) if mode == "streaming" else dict(response_mode=mode)
+
+    def run(engine: Any, **extra: Any) -> Any:
+        llm = BlockAttentionLLM(engine=engine, max_new_tokens=N)
+        query_engine = vector_index.as_query_engine(llm=llm, similarity_top_k=K, **options, **extra)
+        response = query_engine.query(QUESTION)
+        text = "".join(response.response_gen) if mode == "streaming" else str(response)
+        return query_engine, response, text
+
+    _, marked, marked_text = run(make_engine(), node_postprocessors=[BlockMarkers()])
+    engine = make_engine()
+    recorder.calls.clear()
+    query_engine, first, text = run(engine)
+    if mode != "simple_summarize":
+        assert text == marked_text
+    else:  # it puts a list's repr in the prompt (escaped texts): check the one call against the engine itself
+        (prompt, answer), = recorder.calls
+        split = split_prompt(mark_retrieved(prompt, first.source_nodes))
+        assert len(split.blocks) == K and oracle.generate(list(split.blocks), split.rest, max_new_tokens=N).text \
+            == answer == text
+    assert _blocks_per_request(first) == _blocks_per_request(marked) and len(first.source_nodes) == K
+    assert _stats(first)["misses"] == _stats(marked)["misses"] == K + 1  # each node is its own block
+    second = query_engine.query(QUESTION)
+    if mode == "streaming":
+        assert "".join(second.response_gen) == text
+    else:
+        assert str(second) == text
+    assert _stats(second)["misses"] == 0 and _stats(second)["hits"] == sum(_blocks_per_request(second))
+    assert engine.store.stats().misses == K + 1
+
+
+@pytest.mark.parametrize("chat_mode", ["context", "condense_plus_context"])
+def test_plain_stock_chat_engines_keep_every_node_as_a_cached_block(chat_mode: str, make_engine: Any,
+                                                                    vector_index: VectorStoreIndex) -> None:
+    def chat_engine(engine: Any, **extra: Any) -> Any:
+        llm = BlockAttentionLLM(engine=engine, max_new_tokens=N)
+        return vector_index.as_chat_engine(chat_mode=chat_mode, llm=llm, similarity_top_k=K, **extra)
+
+    want = str(chat_engine(make_engine(), node_postprocessors=[BlockMarkers()]).chat(QUESTION))
+    engine = make_engine()
+    chat = chat_engine(engine)
+    first = chat.chat(QUESTION)
+    assert str(first) == want and len(first.source_nodes) == K
+    assert engine.store.stats().misses == K + 1
+    before = engine.store.stats()
+    chat.reset()
+    assert str(chat.chat(QUESTION)) == want
+    after = engine.store.stats()
+    assert after.misses == before.misses and after.hits - before.hits == K + 1
+
+
+def test_nodes_of_a_finished_query_never_split_a_later_plain_call(make_engine: Any,
+                                                                  vector_index: VectorStoreIndex) -> None:
+    engine = make_engine()
+    llm = BlockAttentionLLM(engine=engine, max_new_tokens=2)
+    response = vector_index.as_query_engine(llm=llm, similarity_top_k=K).query(QUESTION)
+    text = response.source_nodes[0].node.get_content(metadata_mode=MetadataMode.LLM)
+    out = llm.complete(f"Summarize: {text}")  # outside the query's spans: a plain call, one final block
+    assert out.additional_kwargs["stats"]["blocks"] == 1
+
+
+def test_flat_context_outside_any_retrieval_warns_once(make_engine: Any, corpus: dict[str, str],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     llm = BlockAttentionLLM(engine=make_engine(), max_new_tokens=2)
-    query_engine = vector_index.as_query_engine(llm=llm, similarity_top_k=4)
+    flat = "Context information is below.\n" + "\n\n".join(corpus.values()) + "\nQuery: " + QUESTION
     with caplog.at_level(logging.WARNING, logger="llama_index.llms.block_attention"):
-        query_engine.query(QUESTION)
-        query_engine.query(QUESTION)
+        llm.complete(flat)
+        llm.complete(flat)
     assert len([r for r in caplog.records if "BlockMarkers" in r.getMessage()]) == 1
 
 
@@ -177,3 +254,17 @@ def test_block_synthesizer_reports_stats_in_response_metadata(make_engine: Any, 
     assert first.metadata["block_attention"]["misses"] == engine.store.stats().misses == K + 1
     second = query_engine.query(QUESTION)
     assert second.metadata["block_attention"]["misses"] == 0 and second.metadata["block_attention"]["hits"] == K + 1
+
+
+def test_plain_stock_query_engine_keeps_blocks_async(make_engine: Any, vector_index: VectorStoreIndex) -> None:
+    import asyncio
+
+    want = str(vector_index.as_query_engine(llm=BlockAttentionLLM(engine=make_engine(), max_new_tokens=N),
+                                            similarity_top_k=K, node_postprocessors=[BlockMarkers()]).query(QUESTION))
+    engine = make_engine()
+    query_engine = vector_index.as_query_engine(llm=BlockAttentionLLM(engine=engine, max_new_tokens=N),
+                                                similarity_top_k=K)
+    first = asyncio.run(query_engine.aquery(QUESTION))
+    assert str(first) == want and engine.store.stats().misses == K + 1
+    second = asyncio.run(query_engine.aquery(QUESTION))
+    assert str(second) == want and _stats(second)["misses"] == 0 and _stats(second)["hits"] == K + 1

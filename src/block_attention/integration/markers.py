@@ -37,8 +37,9 @@ BLOCK_SEPARATOR = f"\n\n{BLOCK_MARKER}\n\n"
 FLAT_CONTEXT_HINT = (
     "The prompt seems to carry retrieved context flattened into one string, so no passage is cached as its own "
     "block. Render the documents with block markers to keep the cache benefit: in LangChain use "
-    "langchain_block_attention.format_docs (or its create_stuff_documents_chain), in LlamaIndex pass "
-    "node_postprocessors=[BlockMarkers()] to as_query_engine/as_chat_engine, or pass documents=/nodes= per call."
+    "langchain_block_attention.format_docs (or its create_stuff_documents_chain), in LlamaIndex call the "
+    "LLM inside a query or chat engine or pass node_postprocessors=[BlockMarkers()], or pass documents=/nodes= per "
+    "call."
 )
 
 _SPAN = re.compile("\u27e6block((?: [a-z]+=[^\\s\u27e7]*)*)\u27e7\\n?"  # opening marker and its attributes

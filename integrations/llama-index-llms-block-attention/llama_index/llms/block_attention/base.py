@@ -19,7 +19,10 @@ Contract:
   always rendered by the engine's prompt template, so ``formatted`` is accepted and ignored. A prompt carrying
   block markers (nodes marked by :class:`~llama_index.llms.block_attention.BlockMarkers` inside a stock query or
   chat engine) is split back into one cached block per node (after ``blocks``/``nodes``); the rest of the prompt is
-  the question. A prompt that evidently carries flattened context but no markers logs one warning per instance.
+  the question. Inside a stock query or chat engine the retrieved nodes need no markers: the nodes of the enclosing
+  LlamaIndex spans are found in the prompt and kept as blocks the same way (:func:`~llama_index.llms.
+  block_attention.markers.mark_retrieved`). A prompt that evidently carries flattened context but no blocks logs
+  one warning per instance.
 * ``chat(messages)``: system messages become the instruction, earlier turns the history, the last user message
   the question. Responses carry ``additional_kwargs = {"finish_reason", "stats"}`` (the engine's request stats:
   cache hits/misses, TTFT); a stream's last item (empty ``delta``) carries them. Inside a synthesis the stats also
@@ -54,7 +57,7 @@ from block_attention.integration.options import engine_role, sampling_from
 from block_attention.integration.runtime import LazyEngine, iterate_in_thread, stats_metadata
 
 from .blocks import to_blocks
-from .markers import current_synthesis, register_stats_handler
+from .markers import current_synthesis, mark_retrieved, register_stats_handler, retrieved_nodes
 
 if TYPE_CHECKING:
     from block_attention import BlockAttentionEngine, GenerationConfig
@@ -162,6 +165,10 @@ class BlockAttentionLLM(CustomLLM):
                 "(e.g. llm.complete(question, nodes=retrieved_nodes))."
             )
         blocks = to_blocks(options.get("nodes"), options.get("blocks"))
+        enclosing = retrieved_nodes()  # a stock engine's nodes, found in its prompt (no BlockMarkers needed)
+        if enclosing:
+            question = mark_retrieved(question, enclosing)
+            system = mark_retrieved(system, enclosing) if system is not None else None
         if system is not None:
             split = split_prompt(system)
             blocks += split.blocks
