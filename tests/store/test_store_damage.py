@@ -18,7 +18,7 @@ import pytest
 from block_attention.errors import StoreError
 from block_attention.store.disk import DiskTier, value_digest, value_relpath
 from block_attention.store.keys import CacheKey
-from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
+from block_attention.testing.kv import failing_index, key, kv_bitwise_equal, make_kv
 
 MiB = 1024**2
 ENTRY = dict(n_tokens=512)  # ~256 KiB per entry
@@ -126,24 +126,6 @@ def test_clear_counts_and_removes_rows_with_keys_that_are_not_utf8(tmp_path: Pat
 
 # -- 2. failed writes never leave unindexed files -----------------------------------------------------------------
 
-class FailingConnection:
-    """The tier's SQLite connection, raising ``sqlite3.OperationalError`` on statements containing ``fail_on``."""
-
-    def __init__(self, con: sqlite3.Connection, fail_on: str) -> None:
-        self._con = con
-        self.fail_on = fail_on
-        self.failures = 0
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if self.fail_on in sql:
-            self.failures += 1
-            raise sqlite3.OperationalError(f"injected failure at {self.fail_on}")
-        return self._con.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
-
-
 @pytest.mark.parametrize("fail_on", ["INSERT OR REPLACE INTO kv_entries", "DELETE FROM kv_entries", "COMMIT"])
 def test_failed_writes_leave_no_unindexed_file_and_hold_the_budget(tmp_path: Path, fail_on: str) -> None:
     directory = tmp_path / "kv"
@@ -151,13 +133,11 @@ def test_failed_writes_leave_no_unindexed_file_and_hold_the_budget(tmp_path: Pat
     tier = DiskTier(directory, budget)
     for i in range(3):  # a full tier: the next puts need eviction
         assert tier.put(key(doc=f"ok{i}"), make_kv(i, **ENTRY))
-    real = tier._con
-    tier._con = FailingConnection(real, fail_on)  # type: ignore[assignment]
-    for i in range(10):
-        assert not tier.put(key(doc=f"failed{i}"), make_kv(100 + i, **ENTRY))
-        assert tier.volume() <= budget, i
-    assert tier._con.failures == 10  # type: ignore[attr-defined]
-    tier._con = real
+    with failing_index(tier, fail_on) as failing:
+        for i in range(10):
+            assert not tier.put(key(doc=f"failed{i}"), make_kv(100 + i, **ENTRY))
+            assert tier.volume() <= budget, i
+    assert failing.failures == 10
     assert tier.volume() == _on_disk(directory) <= budget
     files, rows = _disk_state(directory)
     assert set(files) <= set(rows)  # no file without its row
@@ -178,9 +158,9 @@ def test_unindexed_files_left_by_a_failed_unlink_are_reclaimed_at_open(tmp_path:
 
     directory = tmp_path / "kv"
     tier = DiskTier(directory, 64 * MiB)
-    tier._con = FailingConnection(tier._con, "COMMIT")  # type: ignore[assignment]
     monkeypatch.setattr(disk, "_unlink_quietly", lambda dir_fd, name: None)  # the clean-up itself fails
-    assert not tier.put(key(), make_kv(**ENTRY))
+    with failing_index(tier, "COMMIT"):
+        assert not tier.put(key(), make_kv(**ENTRY))
     tier.close()
     monkeypatch.undo()
     assert list((directory / "v").rglob("*.bakv"))  # an orphan is left ...
@@ -250,23 +230,6 @@ def test_link_planted_under_a_live_tier_is_removed_before_sqlite_opens_it(tmp_pa
     assert not list(tmp_path.glob("victim.bin-*"))
 
 
-def test_read_only_directory_with_a_linked_index_is_a_store_error(tmp_path: Path) -> None:
-    directory = tmp_path / "kv"
-    DiskTier(directory, 64 * MiB).close()
-    victim = tmp_path / "victim.db"
-    _outside_sqlite(victim)
-    (directory / "cache.db").unlink()
-    (directory / "cache.db").symlink_to(victim)
-    directory.chmod(0o555)
-    try:
-        if os.access(directory, os.W_OK):
-            pytest.skip("running as root: a read-only directory cannot be simulated with chmod")
-        with pytest.raises(StoreError, match="link"):
-            DiskTier(directory, 64 * MiB)
-    finally:
-        directory.chmod(0o755)
-
-
 # -- 4. the doc column is derived from the key, never trusted ------------------------------------------------------
 
 def _rebuild_without_constraints(directory: Path) -> None:
@@ -280,6 +243,15 @@ def _rebuild_without_constraints(directory: Path) -> None:
         """)
 
 
+def _set_doc_column(directory: Path, k: CacheKey, value: object) -> None:
+    """Rebuild the index without constraints, then set the doc column of ``k``'s row to ``value``."""
+    _rebuild_without_constraints(directory)
+    with sqlite3.connect(directory / "cache.db") as con:
+        sql = "UPDATE kv_entries SET doc = CAST(? AS TEXT) WHERE key = ?" if isinstance(value, bytes) else \
+            "UPDATE kv_entries SET doc = ? WHERE key = ?"
+        con.execute(sql, (value, k.as_str()))
+
+
 DOC_VALUES = {"null": None, "junk": "not json", "other-doc": '"doc-1"', "not-utf8": b"\xff\xfe",
               "blob": sqlite3.Binary(b"\"doc-0\""), "number": 7}
 
@@ -290,12 +262,7 @@ def test_delete_doc_finds_an_entry_whose_doc_column_lies(tmp_path: Path, bad: st
     tier = DiskTier(directory, 64 * MiB)
     for d in ("doc-0", "doc-1"):
         assert tier.put(key(doc=d), make_kv()) and tier.put(key(doc=d, fp="fp-b"), make_kv(1))
-    _rebuild_without_constraints(directory)
-    value = DOC_VALUES[bad]
-    with sqlite3.connect(directory / "cache.db") as con:
-        sql = "UPDATE kv_entries SET doc = CAST(? AS TEXT) WHERE key = ?" if isinstance(value, bytes) else \
-            "UPDATE kv_entries SET doc = ? WHERE key = ?"
-        con.execute(sql, (value, key(doc="doc-0").as_str()))
+    _set_doc_column(directory, key(doc="doc-0"), DOC_VALUES[bad])
     assert tier.delete_doc("doc-0") == 2
     assert not tier.contains(key(doc="doc-0")) and not tier.contains(key(doc="doc-0", fp="fp-b"))
     assert not (directory / value_relpath(key(doc="doc-0"))).exists()
@@ -311,12 +278,7 @@ def test_sweep_drops_rows_whose_doc_column_disagrees_with_the_key(tmp_path: Path
     for d in ("doc-0", "doc-1"):
         assert tier.put(key(doc=d), make_kv())
     tier.close()
-    _rebuild_without_constraints(directory)
-    value = DOC_VALUES[bad]
-    with sqlite3.connect(directory / "cache.db") as con:
-        sql = "UPDATE kv_entries SET doc = CAST(? AS TEXT) WHERE key = ?" if isinstance(value, bytes) else \
-            "UPDATE kv_entries SET doc = ? WHERE key = ?"
-        con.execute(sql, (value, key(doc="doc-0").as_str()))
+    _set_doc_column(directory, key(doc="doc-0"), DOC_VALUES[bad])
     tier = DiskTier(directory, 64 * MiB)
     assert not tier.contains(key(doc="doc-0")) and tier.corrupt_dropped == 1
     assert not (directory / value_relpath(key(doc="doc-0"))).exists()  # its file went with it

@@ -302,23 +302,46 @@ def test_read_only_cache_serves_hits_and_skips_writes(tmp_path: Path, what: str)
     assert _files(directory) == before  # nothing renamed aside, nothing written
 
 
-def test_read_only_directory_without_index_is_a_store_error(tmp_path: Path) -> None:
-    directory = tmp_path / "empty"
-    directory.mkdir()
-    script = """
-        import sys
-        from block_attention.errors import StoreError
-        from block_attention.store.disk import DiskTier
-        try:
-            DiskTier(sys.argv[1], 64 << 20)
-        except StoreError as exc:
-            print("StoreError:", exc)
-    """
-    res = _run_read_only(directory, script, str(directory))
+OPEN_TIER = """
+    import sys
+    from block_attention.errors import StoreError
+    from block_attention.store.disk import DiskTier
+    try:
+        DiskTier(sys.argv[1], 64 << 20)
+    except StoreError as exc:
+        print("StoreError:", exc)
+"""
+
+
+def _open_read_only(directory: Path) -> subprocess.CompletedProcess[str]:
+    """Open a tier on ``directory`` made read-only, in a subprocess that prints the StoreError it raised."""
+    res = _run_read_only(directory, OPEN_TIER, str(directory))
     if "Operation not permitted" in res.stderr or "unshare failed" in res.stderr:
         pytest.skip(f"user namespaces are not available here: {res.stderr[-300:]}")
     assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_read_only_directory_without_index_is_a_store_error(tmp_path: Path) -> None:
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    res = _open_read_only(directory)
     assert "StoreError:" in res.stdout and "disk_dir=None" in res.stdout
+
+
+def test_read_only_directory_with_a_linked_index_is_a_store_error(tmp_path: Path) -> None:
+    directory = tmp_path / "kv"
+    DiskTier(directory, 64 * MiB).close()
+    victim = tmp_path / "victim.db"
+    with sqlite3.connect(victim) as con:
+        con.execute("CREATE TABLE precious (x)")
+    con.close()
+    before = victim.read_bytes()
+    (directory / "cache.db").unlink()
+    (directory / "cache.db").symlink_to(victim)  # a link cannot be removed from a read-only directory: refused
+    res = _open_read_only(directory)
+    assert "StoreError:" in res.stdout and "symbolic link" in res.stdout and "disk_dir" in res.stdout
+    assert victim.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["kv", "victim.db"]
 
 
 def test_unknown_meta_rows_are_ignored_and_another_schema_is_a_store_error(tmp_path: Path) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,3 +64,33 @@ def plant_special_file(path: Path, kind: str, victim: Path) -> None:
         path.mkdir()
     else:
         raise ValueError(f"unknown special file kind {kind!r}; use one of {SPECIAL_FILES}")
+
+
+class FailingConnection:
+    """A disk tier's SQLite connection that raises ``sqlite3.OperationalError`` on statements containing ``fail_on``
+    (fault injection: ``"INSERT OR REPLACE INTO kv_entries"``, ``"DELETE FROM kv_entries"``, ``"COMMIT"``)."""
+
+    def __init__(self, con: Any, fail_on: str) -> None:
+        self._con = con
+        self.fail_on = fail_on
+        self.failures = 0
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.fail_on in sql:
+            self.failures += 1
+            raise sqlite3.OperationalError(f"injected failure at {self.fail_on}")
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+@contextmanager
+def failing_index(tier: Any, fail_on: str) -> Iterator[FailingConnection]:
+    """Make ``tier``'s (a :class:`~block_attention.store.disk.DiskTier`) index fail at ``fail_on`` while inside."""
+    real = tier._con
+    tier._con = failing = FailingConnection(real, fail_on)
+    try:
+        yield failing
+    finally:
+        tier._con = real
