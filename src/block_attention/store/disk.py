@@ -11,12 +11,21 @@ Contract:
   index holds no file names. Files are opened relative to directory descriptors with ``O_NOFOLLOW`` and
   ``O_NONBLOCK``; anything that is not a regular file of exactly the indexed size (a symlink, a FIFO, a device, a
   directory, a file of another size) is refused, counted in ``corrupt_dropped``, and its row and directory entry
-  are removed without following it. Nothing outside ``<dir>`` is ever read, written or deleted.
+  are removed without following it. ``cache.db`` and its journal/WAL/shm must be regular files too: a link or
+  other special file under those names is removed before SQLite (or ``os.access``) could follow it, at open and
+  before every statement (a read-only directory where it cannot be removed is a :class:`StoreError`). Nothing
+  outside ``<dir>`` is ever read, written or deleted.
+* **The index is not trusted.** Text that does not decode as UTF-8 (a damaged schema, forged rows) is damage, never
+  a ``UnicodeDecodeError``: rows are removed by ``rowid``. The ``doc`` column is only a hint: an entry belongs to
+  the document its key names (:meth:`CacheKey.from_str`), which ``delete_doc`` uses; the sweep drops rows whose
+  ``doc`` disagrees with their key.
 * **No memory-mapped SQLite** (``PRAGMA mmap_size=0``) and a rollback journal: truncating or damaging
   ``cache.db`` under a live process turns into ``sqlite3`` errors (misses, skipped writes), never ``SIGBUS``.
 * **Crash-consistent writes.** A value is written to ``<digest>.<pid>.<random>.tmp``, fsynced, then renamed over
-  its final name and indexed in one ``BEGIN IMMEDIATE`` transaction. Opening a tier sweeps temporary files of dead
-  writers (or older than an hour), value files without an index row and rows without a valid value file.
+  its final name and indexed in one ``BEGIN IMMEDIATE`` transaction; if the insert, the eviction or the commit
+  fails, the transaction is rolled back and the renamed file unlinked (no file outlives its row). Opening a tier
+  sweeps temporary files of dead writers (or older than an hour), value files without an index row and rows
+  without a valid value file.
 * **Durability.** Value files are fsynced before they are renamed into place; the index runs with
   ``synchronous=OFF`` (a recency update costs no fsync). A killed process cannot damage either (SQLite's journal
   rolls an interrupted transaction back); a power loss can lose index rows (their files are swept as orphans)
@@ -28,7 +37,8 @@ Contract:
   on disk: SQLite files (journal/WAL included), value files, temporary files.
 * **Reads never crash.** A corrupt, forged or refused entry is dropped, logged at WARNING on
   ``block_attention.store`` and counted; an ``OSError`` or SQLite error is logged and reported as a miss; a
-  failed write is logged and skipped. Nothing is ever pickled or unpickled.
+  failed write is logged and skipped. A tier with ``codec="none"`` reads exact entries only: a lossy (int8) entry
+  is a miss for it. Nothing is ever pickled or unpickled.
 * **Opening.** An unusable directory or a database of another schema version raises
   :class:`~block_attention.errors.StoreError` naming the fix. A database that SQLite reports as damaged (not
   locked, not unreadable for permissions) is moved aside once (``cache.db.damaged-<time>``) and a fresh one
