@@ -2,7 +2,7 @@
 
 import torch
 
-from block_attention.layout import PromptLayout, additive_mask, block_causal_mask, layout_mask
+from block_attention.core.layout import PromptLayout, additive_mask, block_causal_mask, layout_mask
 
 
 def test_block_causal_mask_matches_hand_written():

@@ -3,9 +3,9 @@
 import pytest
 
 from block_attention import Block
-from block_attention.blocks import as_blocks, check_unique_ids
-from block_attention.errors import ConfigError, InvalidRequestError
-from block_attention.prompt import PromptBuilder, PromptConfig, recorded_prompt_config
+from block_attention.core.blocks import as_blocks, check_unique_ids
+from block_attention.core.errors import ConfigError, InvalidRequestError
+from block_attention.core.prompt import PromptBuilder, PromptConfig, recorded_prompt_config
 
 
 def test_chat_template_split_keeps_history_in_final_block(tok, docs):

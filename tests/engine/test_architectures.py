@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from block_attention import Block, BlockAttentionEngine
-from block_attention.errors import UnsupportedModelError
-from block_attention.oracle import attention_modules, model_masks, reference_greedy, reference_logits
-from block_attention.rope import inspect_model
+from block_attention.core.errors import UnsupportedModelError
+from block_attention.hf.rope import inspect_model
 from block_attention.testing import ARCHITECTURES, REFUSED, WINDOW, architecture_model, refused_model
+from block_attention.testing.oracle import attention_modules, model_masks, reference_greedy, reference_logits
 
 QUESTION = "Where did the lighthouse stand?"
 TOL = 1e-4
@@ -25,7 +25,7 @@ ROWS: dict[str, str] = {}  # README table rows built from what the tests measure
 
 
 def _table_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "architectures_table.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "architectures_table.py"
     spec = importlib.util.spec_from_file_location("architectures_table", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from block_attention import assemble
-from block_attention.kv import BlockKV
-from block_attention.rope import inspect_model
+from block_attention.core.kv import BlockKV
+from block_attention.engine import assemble
+from block_attention.hf.rope import inspect_model
 from block_attention.testing import tiny_model
 from block_attention.testing.rope import shift_keys_reference
 

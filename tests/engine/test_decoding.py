@@ -4,8 +4,8 @@
 from types import SimpleNamespace
 
 from block_attention import BlockAttentionEngine, GenerationConfig
-from block_attention.decoding import DecodeState, decode_step
-from block_attention.oracle import reference_greedy
+from block_attention.engine.decoding import DecodeState, decode_step
+from block_attention.testing.oracle import reference_greedy
 
 QUESTION = "Where did the lighthouse stand?"
 

@@ -1,6 +1,6 @@
 """Batch planning of block encoding: budget respected, little padding, every block exactly once."""
 
-from block_attention.encode import MIN_FILL, plan_batches
+from block_attention.engine.encode import MIN_FILL, plan_batches
 
 
 def test_plan_batches_respects_budget_and_fill():

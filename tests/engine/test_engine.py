@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, GenerationConfig, PromptConfig
-from block_attention.errors import ConfigError, ContextTooLongError, UnsupportedModelError
-from block_attention.oracle import reference_greedy, reference_logits
+from block_attention.core.errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from block_attention.testing import FAMILIES, ROPE_VARIANTS, refused_model, tiny_model
+from block_attention.testing.oracle import reference_greedy, reference_logits
 
 QUESTION = "Where did the lighthouse stand?"
 

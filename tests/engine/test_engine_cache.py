@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
-from block_attention.oracle import reference_logits
 from block_attention.testing import tiny_model
+from block_attention.testing.oracle import reference_logits
 
 QUESTION = "Where did the lighthouse stand?"
 

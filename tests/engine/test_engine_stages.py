@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from block_attention import BlockAttentionEngine, GenerationConfig, StoreConfig
-from block_attention.errors import ConfigError, StoreError
+from block_attention.core.errors import ConfigError, StoreError
 from block_attention.store import KVStore
 
 QUESTION = "Where did the lighthouse stand?"

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from block_attention import BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
-from block_attention.kv import BlockKV
-from block_attention.oracle import reference_logits
+from block_attention.core.kv import BlockKV
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier
+from block_attention.testing.oracle import reference_logits
 
 QUESTION = "Where did the lighthouse stand?"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, StoreConfig
-from block_attention.oracle import reference_greedy, reference_logits
 from block_attention.testing import FAMILIES, tiny_model
+from block_attention.testing.oracle import reference_greedy, reference_logits
 
 QUESTION = "Where did the lighthouse stand?"
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, KVStore, StoreConfig
-from block_attention.errors import ConfigError
-from block_attention.quality import KNOWN_BLOCK_FINETUNED, is_block_finetuned, is_known_checkpoint
-from block_attention.recovery import recovered_cache, recomputed_token_count
-from block_attention.assemble import assemble_cache
-from block_attention.encode import encode_blocks
+from block_attention.core.errors import ConfigError
+from block_attention.core.quality import KNOWN_BLOCK_FINETUNED, is_block_finetuned, is_known_checkpoint
+from block_attention.engine.assemble import assemble_cache
+from block_attention.engine.encode import encode_blocks
+from block_attention.engine.recovery import recovered_cache, recomputed_token_count
 from block_attention.testing import tiny_model
 
 QUESTION = "Where did the lighthouse stand?"

@@ -11,9 +11,9 @@ import torch
 from transformers import DynamicCache
 
 from block_attention import Block, BlockAttentionEngine, EngineConfig, KVStore, PromptConfig, StoreConfig
-from block_attention.assemble import assemble_cache
-from block_attention.errors import ConfigError
-from block_attention.kv import BlockKV
+from block_attention.core.errors import ConfigError
+from block_attention.core.kv import BlockKV
+from block_attention.engine.assemble import assemble_cache
 
 QUESTION = "Where did the lighthouse stand?"
 
@@ -83,7 +83,7 @@ def test_sink_entries_have_their_own_keys_hit_and_stay_unmutated(tok, docs, llam
 
 
 def store_keys(engine, docs):
-    from block_attention.sink import sink_cache_key
+    from block_attention.engine.sink import sink_cache_key
 
     layout = engine.layout(docs, QUESTION)
     sink = layout.blocks[0].token_ids

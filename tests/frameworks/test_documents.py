@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from block_attention.blocks import text_digest
-from block_attention.integration.documents import DocumentRef, documents_to_blocks
+from block_attention.core.blocks import text_digest
+from block_attention.frameworks.documents import DocumentRef, documents_to_blocks
 
 
 def test_keys_titles_scores_and_blanks() -> None:

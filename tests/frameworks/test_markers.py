@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from block_attention import Block
-from block_attention.integration.markers import (BLOCK_SEPARATOR, format_blocks, looks_like_flat_context,
+from block_attention.frameworks.markers import (BLOCK_SEPARATOR, format_blocks, looks_like_flat_context,
                                                  mark_block, split_prompt)
 
 ODD_ID = "docs/a b⟧ c#1?x=\n"

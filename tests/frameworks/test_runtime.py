@@ -8,9 +8,9 @@ import pickle
 
 import pytest
 
-from block_attention.errors import ConfigError
-from block_attention.integration.options import engine_role, sampling_from
-from block_attention.integration.runtime import LazyEngine, iterate_in_thread, stats_metadata
+from block_attention.core.errors import ConfigError
+from block_attention.frameworks.options import engine_role, sampling_from
+from block_attention.frameworks.runtime import LazyEngine, iterate_in_thread, stats_metadata
 
 
 def test_lazy_engine_loads_once_and_copies_share_it() -> None:

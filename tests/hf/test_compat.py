@@ -7,8 +7,8 @@ import inspect
 import warnings
 
 from block_attention import BlockAttentionEngine, EngineConfig, PromptConfig
-from block_attention.compat import cache_argument, cache_kwargs, output_cache
-from block_attention.oracle import reference_greedy
+from block_attention.hf.compat import cache_argument, cache_kwargs, output_cache
+from block_attention.testing.oracle import reference_greedy
 
 
 def test_cache_argument_is_accepted_by_the_installed_forward(llama):
@@ -36,7 +36,7 @@ def test_cache_over_adopts_full_layers_and_matches_the_public_constructor():
     import torch
     from transformers import DynamicCache
 
-    from block_attention.compat import cache_over
+    from block_attention.hf.compat import cache_over
     from block_attention.testing import tiny_model
 
     model = tiny_model("llama", seed=0)

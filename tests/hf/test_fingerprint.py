@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from block_attention import BlockAttentionEngine, EngineConfig, PromptConfig, StoreConfig
-from block_attention.fingerprint import WeightsWatch, weights_digest
-from block_attention.oracle import reference_logits
+from block_attention.hf.fingerprint import WeightsWatch, weights_digest
 from block_attention.testing import tiny_model
+from block_attention.testing.oracle import reference_logits
 
 QUESTION = "Where did the lighthouse stand?"
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from block_attention.errors import UnsupportedModelError
-from block_attention.rope import inspect_model, rotate_block_into
+from block_attention.core.errors import UnsupportedModelError
+from block_attention.hf.rope import inspect_model, rotate_block_into
 from block_attention.testing import ROPE_VARIANTS, WINDOW, architecture_model, tiny_model
 from block_attention.testing.rope import shift_keys_reference
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from block_attention import BlockAttentionEngine, EngineConfig, StoreConfig
-from block_attention.pipeline import PipelineConfig, RAGPipeline
 from block_attention.retrieval import Retriever
+from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
 from block_attention.testing import INVENTED_FACTS as FACTS
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from block_attention.blocks import Block
+from block_attention.core.blocks import Block
 
 DOCS = [
     {"doc_id": "pharos", "title": "Pharos", "text": "The lighthouse of Alexandria stood on the island of Pharos."},

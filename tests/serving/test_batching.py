@@ -14,10 +14,10 @@ import torch
 from transformers import DynamicCache
 
 from block_attention import Block, BlockAttentionEngine
-from block_attention.batching import (BatchScheduler, Failed, Finished, PaddedBatch, Started, batchable_model,
+from block_attention.core.errors import ConfigError, ContextTooLongError, RequestCancelledError, SchedulerClosedError
+from block_attention.engine.decoding import DecodeState, decode_step
+from block_attention.serving.batching import (BatchScheduler, Failed, Finished, PaddedBatch, Started, batchable_model,
                                       plain_cache)
-from block_attention.decoding import DecodeState, decode_step
-from block_attention.errors import ConfigError, ContextTooLongError, RequestCancelledError, SchedulerClosedError
 from block_attention.testing import ARCHITECTURES, architecture_model, tiny_model
 
 PASSAGES = [

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from block_attention.server import ServerSettings, ServerThread, create_app
+from block_attention.serving import ServerSettings, ServerThread, create_app
 from server_helpers import DOCS, QUESTION, Served, as_blocks, metric
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from block_attention.errors import ConfigError
-from block_attention.server import ServerSettings, ServerThread, create_app
+from block_attention.core.errors import ConfigError
+from block_attention.serving import ServerSettings, ServerThread, create_app
 from server_helpers import DOCS, as_blocks, metric
 
 N = 6

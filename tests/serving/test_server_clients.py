@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from block_attention.server import ServerSettings, ServerThread, create_app
+from block_attention.serving import ServerSettings, ServerThread, create_app
 from server_helpers import DOCS, QUESTION, as_blocks
 
 KEY = "client-key"

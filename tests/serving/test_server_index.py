@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from block_attention.models import load_engine
-from block_attention.pipeline import PipelineConfig, RAGPipeline
 from block_attention.retrieval import Retriever
-from block_attention.server import ServerSettings, ServerThread, create_app
+from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
+from block_attention.serving import ServerSettings, ServerThread, create_app
 from block_attention.testing import INVENTED_FACTS as FACTS
 
 

@@ -28,14 +28,15 @@ class EngineConfig:
     :class:`ContextTooLongError`; ``"drop_lowest"`` drops the lowest-ranked blocks until it fits.
     ``max_batch_tokens``: padded-token budget of one block-encoding forward pass.
     ``cold_prefill``: how a block-mode request with uncached blocks runs. ``"fused"``: the missing blocks and
-    the final block in one forward pass with block-sparse attention (:mod:`block_attention.fused`; each weight
+    the final block in one forward pass with block-sparse attention (:mod:`block_attention.engine.fused`; each weight
     read once); ``"separate"``: the missing blocks encoded alone (batched), then the final block over the assembled
     cache. Both are exact; a model whose attention the fused path cannot serve falls back to ``"separate"``.
     ``recompute_tokens``: training-free recovery for models that were not block-fine-tuned: in block mode, the
     first ``k`` tokens of every block are recomputed with attention to everything before them (0 = plain block
-    mode, see :mod:`block_attention.recovery`). Each request may override it.
+    mode, see :mod:`block_attention.engine.recovery`). Each request may override it.
     ``sink``: ``"prefix"`` encodes every block behind the prompt's prefix block (a shared attention sink, APE-style;
-    see :mod:`block_attention.sink`); ``"none"`` (default) encodes each block alone. Each request may override it.
+    see :mod:`block_attention.engine.sink`); ``"none"`` (default) encodes each block alone. Each request may
+    override it.
     """
 
     mode: Mode = "block"

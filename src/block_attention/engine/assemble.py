@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from .compat import cache_over
-from .kv import BlockKV
-from .rope import RotaryInfo, rotate_block_into
+from block_attention.core.kv import BlockKV
+from block_attention.hf.compat import cache_over
+from block_attention.hf.rope import RotaryInfo, rotate_block_into
 
 ROTATION_CHUNK_BYTES = 32 << 20  # float32 temporaries of a rotation stay under about twice this
 

@@ -11,11 +11,11 @@ caller runs the model; the state decides:
 * :func:`decode_step` runs one request's next token through its own cache (the sequential step, also the batch
   scheduler's one-by-one fallback).
 * :meth:`DecodeState.flush` returns the held-back tail once finished, :meth:`DecodeState.result` the
-  :class:`~block_attention.stages.Generation` with the request's stats.
+  :class:`~block_attention.engine.stages.Generation` with the request's stats.
 
 :meth:`BlockAttentionEngine.decode <block_attention.engine.BlockAttentionEngine.decode>` (one request) and
-:class:`~block_attention.batching.BatchScheduler` (many requests, one forward per step) both drive this class, so
-stop/EOS/max-token/TTFT semantics are identical by construction.
+:class:`~block_attention.serving.batching.BatchScheduler` (many requests, one forward per step) both drive this
+class, so stop/EOS/max-token/TTFT semantics are identical by construction.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .compat import cache_kwargs, output_cache
-from .config import GenerationConfig
+from block_attention.core.config import GenerationConfig
+from block_attention.hf.compat import cache_kwargs, output_cache
 from .generation import TextTracker, TokenSelector
 from .stages import Generation, Prefilled, RequestPlan, RequestStats
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from .compat import cache_kwargs
-from .kv import BlockKV
-from .rope import _base_model
+from block_attention.core.kv import BlockKV
+from block_attention.hf.compat import cache_kwargs
+from block_attention.hf.rope import _base_model
 
 
 MIN_FILL = 0.75  # a block shorter than this fraction of its batch's longest starts a new batch (less padding)

@@ -1,6 +1,6 @@
 """The block-attention engine: one request = cached blocks + a final block, answered by a causal LM.
 
-The work is split into public stages, each a method with a typed result (:mod:`block_attention.stages`):
+The work is split into public stages, each a method with a typed result (:mod:`block_attention.engine.stages`):
 
 * :meth:`~BlockAttentionEngine.plan` renders and tokenizes the request and fits it to the context window;
 * :meth:`~BlockAttentionEngine.lookup` asks the KV store for every block (one call per block; it says which tier
@@ -12,7 +12,8 @@ The work is split into public stages, each a method with a typed result (:mod:`b
 * :meth:`~BlockAttentionEngine.prefill_final` runs the final block over that cache (block mode) or every token
   (full mode);
 * :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming; the rules live in
-  :class:`~block_attention.decoding.DecodeState`, shared with the batch scheduler of :mod:`block_attention.batching`).
+  :class:`~block_attention.engine.decoding.DecodeState`, shared with the batch scheduler of
+  :mod:`block_attention.serving.batching`).
 
 :meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
 request; a cache failure costs a recompute, never a wrong answer; a model whose block path cannot be exact (no
@@ -29,26 +30,26 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from block_attention.core.blocks import Block, as_blocks, check_unique_ids
+from block_attention.core.config import EngineConfig, GenerationConfig, Mode, check_mode
+from block_attention.core.errors import ConfigError, ContextTooLongError, UnsupportedModelError
+from block_attention.core.kv import BlockKV, KVGeometry
+from block_attention.core.layout import PromptLayout
+from block_attention.core.prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
+from block_attention.core.quality import is_block_finetuned, model_name, quality_warning
+from block_attention.hf.compat import cache_kwargs, output_cache
+from block_attention.hf.fingerprint import WeightsWatch, model_fingerprint
+from block_attention.hf.rope import RotaryInfo, inspect_model
+from block_attention.store import CacheKey, KVStore, StoreConfig
+from block_attention.store.keys import token_hash
 from .assemble import assemble_cache, move_keys
-from .blocks import Block, as_blocks, check_unique_ids
-from .compat import cache_kwargs, output_cache
-from .config import EngineConfig, GenerationConfig, Mode, check_mode
 from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
-from .errors import ConfigError, ContextTooLongError, UnsupportedModelError
-from .fingerprint import WeightsWatch, model_fingerprint
 from .fused import FusedUnsupported, fused_attention, segments_for
-from .kv import BlockKV, KVGeometry
-from .layout import PromptLayout
-from .prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
-from .quality import is_block_finetuned, model_name, quality_warning
 from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
-from .rope import RotaryInfo, inspect_model
 from .sink import Sink, check_sink, encode_behind_sink, sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
-from .store import CacheKey, KVStore, StoreConfig
-from .store.keys import token_hash
 
 logger = logging.getLogger("block_attention")
 
@@ -115,7 +116,7 @@ class BlockAttentionEngine:
         """Load a causal LM and its tokenizer (local path or hub id) and wrap them (via models.load_pretrained).
 
         ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained``."""
-        from .models import load_pretrained
+        from block_attention.models import load_pretrained
 
         kwargs = dict(model_kwargs)
         if attn_implementation:
@@ -320,10 +321,10 @@ class BlockAttentionEngine:
     @torch.inference_mode()
     def prefill_fused(self, plan: RequestPlan, lookup: Lookup, *, all_logits: bool = False
                       ) -> tuple[Prefilled, Lookup, BlockKVs, Assembled]:
-        """Encode, assemble and prefill in one forward (:mod:`block_attention.fused`): the cached blocks are
+        """Encode, assemble and prefill in one forward (:mod:`block_attention.engine.fused`): the cached blocks are
         assembled at their offsets, then the missing blocks and the final block run together at their global
         positions with block-sparse attention; each missing block's KV is cut out, rotated back to ``0..n-1``
-        and stored. Raises :class:`~block_attention.fused.FusedUnsupported` (nothing stored) when the model's
+        and stored. Raises :class:`~block_attention.engine.fused.FusedUnsupported` (nothing stored) when the model's
         attention needs the separate path."""
         t0 = time.perf_counter()
         layout, device = plan.layout, self.device
@@ -452,7 +453,7 @@ class BlockAttentionEngine:
                      sink: Sink | None = None, **overrides: Any) -> tuple[RequestPlan, GenerationConfig]:
         """The plan and generation settings of a request, as :meth:`stream` makes them (``overrides`` are
         GenerationConfig fields): what a scheduler needs to run the request later (see
-        :mod:`block_attention.batching`). Raises what :meth:`plan` raises."""
+        :mod:`block_attention.serving.batching`). Raises what :meth:`plan` raises."""
         generation = _with_overrides(generation or GenerationConfig(), overrides)
         plan = self.plan(blocks, question, system=system, history=history, mode=mode,
                          max_new_tokens=generation.max_new_tokens, recompute_tokens=recompute_tokens, sink=sink)

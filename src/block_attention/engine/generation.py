@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .config import GenerationConfig
+from block_attention.core.config import GenerationConfig
 
 
 class TokenSelector:

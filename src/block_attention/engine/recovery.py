@@ -11,7 +11,7 @@ Contract:
 
 * ``k = 0`` returns the assembled cache untouched (bitwise block mode).
 * ``k >= `` every block's length is a chunked full prefill: equal to full mode up to float rounding.
-* Only the fresh cache that assembly built is written; the store's :class:`~block_attention.kv.BlockKV` tensors
+* Only the fresh cache that assembly built is written; the store's :class:`~block_attention.core.kv.BlockKV` tensors
   are never touched (assembly already copied them).
 
 Two strategies compute the same thing:
@@ -35,12 +35,12 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from .compat import cache_kwargs
+from block_attention.core.errors import ConfigError
+from block_attention.core.kv import BlockKV
+from block_attention.core.layout import PromptLayout, additive_mask
+from block_attention.hf.compat import cache_kwargs
+from block_attention.hf.rope import RotaryInfo, _base_model
 from .assemble import assemble_cache
-from .errors import ConfigError
-from .kv import BlockKV
-from .layout import PromptLayout, additive_mask
-from .rope import RotaryInfo, _base_model
 
 
 def check_recompute_tokens(k: int) -> int:
@@ -130,7 +130,7 @@ def _sequential_(model: torch.nn.Module, cache: DynamicCache,
 def recovered_cache(model: torch.nn.Module, layout: PromptLayout, kvs: Sequence[BlockKV], rotary: RotaryInfo,
                     k: int, device: torch.device | str | None = None, strategy: str = "auto") -> DynamicCache:
     """Assemble ``kvs`` (one per block of ``layout``, read only) at their offsets, then recover the first ``k``
-    tokens of every block. ``k = 0`` is exactly :func:`~block_attention.assemble.assemble_cache`."""
+    tokens of every block. ``k = 0`` is exactly :func:`~block_attention.engine.assemble.assemble_cache`."""
     if len(kvs) != len(layout.blocks):
         raise ConfigError(f"recovered_cache needs one BlockKV per block: got {len(kvs)} for {len(layout.blocks)} blocks.")
     device = device if device is not None else next(model.parameters()).device

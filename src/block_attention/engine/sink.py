@@ -26,14 +26,14 @@ from typing import Literal
 import torch
 from transformers import DynamicCache
 
-from .compat import cache_kwargs
+from block_attention.core.errors import ConfigError
+from block_attention.core.kv import BlockKV
+from block_attention.core.layout import PromptLayout
+from block_attention.hf.compat import cache_kwargs
+from block_attention.hf.rope import _base_model
+from block_attention.store import CacheKey
+from block_attention.store.keys import token_hash
 from .encode import plan_batches
-from .errors import ConfigError
-from .kv import BlockKV
-from .layout import PromptLayout
-from .rope import _base_model
-from .store import CacheKey
-from .store.keys import token_hash
 
 Sink = Literal["none", "prefix"]
 SINKS = ("none", "prefix")

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .config import Mode
-from .kv import BlockKV
-from .layout import PromptLayout
-from .store.keys import CacheKey
-from .store.tier import HitsByTier
+from block_attention.core.config import Mode
+from block_attention.core.kv import BlockKV
+from block_attention.core.layout import PromptLayout
+from block_attention.store.keys import CacheKey
+from block_attention.store.tier import HitsByTier
 
 @dataclass(frozen=True)
 class RequestPlan:

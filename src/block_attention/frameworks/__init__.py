@@ -30,4 +30,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'block_attention.integration' has no attribute {name!r}")
+    raise AttributeError(f"module 'block_attention.frameworks' has no attribute {name!r}")

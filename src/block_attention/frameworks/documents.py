@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..blocks import Block, text_digest
+from block_attention.core.blocks import Block, text_digest
 
 DuplicateKeyPolicy = Literal["suffix", "error"]
 

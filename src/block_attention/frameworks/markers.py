@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from ..blocks import Block, text_digest
+from block_attention.core.blocks import Block, text_digest
 
 OPEN, CLOSE = "\u27e6block", "\u27e6/block\u27e7"
 BLOCK_MARKER = "<|block|>"

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from block_attention.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import GenerationConfig
+    from block_attention.core.config import GenerationConfig
 
 ROLE_NAMES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "chatbot": "assistant",
               "model": "assistant", "system": "system", "developer": "system"}
@@ -26,7 +26,7 @@ def sampling_from(*, max_new_tokens: int, temperature: float | None = None, top_
                   top_k: int | None = None, seed: int | None = None,
                   stop: str | Sequence[str] | None = None) -> GenerationConfig:
     """The engine's :class:`GenerationConfig` for framework-style decoding knobs (see the module docstring)."""
-    from ..config import GenerationConfig
+    from block_attention.core.config import GenerationConfig
 
     if temperature is not None and temperature < 0:
         raise ConfigError(f"temperature must be >= 0 (0 or None: greedy decoding), got {temperature}.")

@@ -19,11 +19,11 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConfigError
+from block_attention.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..engine import BlockAttentionEngine
-    from ..stages import RequestStats
+    from block_attention.engine.engine import BlockAttentionEngine
+    from block_attention.engine.stages import RequestStats
 
 T = TypeVar("T")
 

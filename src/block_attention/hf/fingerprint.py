@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import xxhash
 
-from .prompt import PromptConfig
+from block_attention.core.prompt import PromptConfig
+from block_attention.store.keys import fingerprint
 from .rope import RotaryInfo
-from .store.keys import fingerprint
 
 _CHUNK_BYTES = 64 << 20  # device tensors are hashed through host copies of at most this size
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from block_attention.core.errors import UnsupportedModelError
 from .compat import cache_kwargs
-from .errors import UnsupportedModelError
 
 # Rotary types whose frequencies do not depend on positions (or only beyond a limit we enforce).
 STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})

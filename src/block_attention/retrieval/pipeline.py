@@ -12,11 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .blocks import Block
-from .config import GenerationConfig, Mode
-from .engine import BlockAttentionEngine, Generation, RequestStats, WarmReport
-from .errors import ConfigError
-from .prompt import Message
+from block_attention.core.blocks import Block
+from block_attention.core.config import GenerationConfig, Mode
+from block_attention.core.errors import ConfigError
+from block_attention.core.prompt import Message
+from block_attention.engine.engine import BlockAttentionEngine, Generation, RequestStats, WarmReport
 
 
 class _Passage(Protocol):

@@ -1,4 +1,6 @@
-"""An OpenAI-compatible HTTP server for block attention: send documents with the request, get their KV reused.
+"""Serving: the batch scheduler (:mod:`.batching`) and an OpenAI-compatible HTTP server over it.
+
+The server: send documents with the request, get their KV reused.
 
 Contract:
 
@@ -17,14 +19,25 @@ Contract:
   404 unknown route, 413 oversized body, 500 a bug. A refused request never reaches the KV cache.
 * Concurrency: one model thread owns the model. Requests are planned and prefilled one by one in arrival order,
   then decoded together: one batched forward per decode step for up to ``max_batch`` requests (default 8;
-  ``--max-batch 1`` answers one request at a time); see :mod:`block_attention.batching` and
-  :mod:`block_attention.server.worker`. A client that disconnects stops its generation at the next step.
+  ``--max-batch 1`` answers one request at a time); see :mod:`block_attention.serving.batching` and
+  :mod:`block_attention.serving.worker`. A client that disconnects stops its generation at the next step.
 * ``create_app`` touches nothing global; ``ServerThread`` serves an app in the background (tests, notebooks).
 """
 
-from .app import create_app
-from .openai_format import RequestRejected
-from .runner import ServerThread, run_server
-from .settings import ServerSettings
+from __future__ import annotations
 
-__all__ = ["RequestRejected", "ServerSettings", "ServerThread", "create_app", "run_server"]
+import importlib
+from typing import Any
+
+# Lazy: the scheduler (``.batching``) needs no web framework; the server names load FastAPI on first use.
+_EXPORTS = {
+    "create_app": "app", "RequestRejected": "openai_format", "ServerThread": "runner", "run_server": "runner",
+    "ServerSettings": "settings", "BatchScheduler": "batching",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'block_attention.serving' has no attribute {name!r}")

@@ -4,8 +4,8 @@
 app's own registry), so a process may hold several. Routes: ``POST /v1/chat/completions``, ``POST
 /v1/completions`` (JSON or server-sent events), ``GET /v1/models``, ``GET /health``, ``GET /metrics``. Errors
 are OpenAI-style JSON with the matching 4xx/5xx status. Requests run on the model thread, their decode steps
-batched with other concurrent requests' up to ``ServerSettings.max_batch`` (:mod:`block_attention.server.worker`,
-:mod:`block_attention.batching`); a request is validated and planned before any header is sent, so a refused
+batched with other concurrent requests' up to ``ServerSettings.max_batch`` (:mod:`block_attention.serving.worker`,
+:mod:`block_attention.serving.batching`); a request is validated and planned before any header is sent, so a refused
 request writes nothing to the KV cache.
 """
 
@@ -26,10 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from block_attention.errors import (BlockAttentionError, ConfigError, ContextTooLongError, InvalidRequestError,
+from block_attention.core.config import GenerationConfig
+from block_attention.core.errors import (BlockAttentionError, ConfigError, ContextTooLongError, InvalidRequestError,
                                     SchedulerClosedError)
-from block_attention.config import GenerationConfig
-from block_attention.stages import RequestPlan
+from block_attention.engine.stages import RequestPlan
 
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_format import (ChunkMaker, EngineRequest, RequestRejected, block_attention_info, chat_request,

@@ -11,7 +11,7 @@ planned) delivers :class:`Failed` *before* any :class:`Started`, so a server can
 any function on the model thread between steps.
 
 Every piece, token and finish reason is what ``engine.generate`` gives for the request alone: both paths drive
-one :class:`~block_attention.decoding.DecodeState` per request (same selection, stop strings, EOS, max tokens,
+one :class:`~block_attention.engine.decoding.DecodeState` per request (same selection, stop strings, EOS, max tokens,
 TTFT), and a sampling request keeps its own seeded generator. Numerically, a padded batched forward is not
 bit-identical to a one-row forward (different GEMM shapes and attention block boundaries): in float32 the logits
 differ by ~2e-7 (tiny test models), so identity holds unless a greedy near-tie falls inside that noise. In bf16 the
@@ -43,7 +43,7 @@ scheduler to that fallback for good (logged). One request raising (planning, pre
 batch) fails that request only; the others continue. Running out of memory while rows leave the batch fails the
 rows still in it; the scheduler goes on. A cancelled request (:meth:`Ticket.cancel`, e.g. a client disconnected) is
 dropped before its next step. :meth:`~BatchScheduler.close` stops the loop after the current step and fails what
-is still queued or running with :class:`~block_attention.errors.SchedulerClosedError`.
+is still queued or running with :class:`~block_attention.core.errors.SchedulerClosedError`.
 """
 
 from __future__ import annotations
@@ -62,11 +62,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .compat import cache_kwargs, cache_over, empty_cache, output_cache
-from .config import GenerationConfig
-from .decoding import DecodeState, decode_step
-from .errors import ConfigError, RequestCancelledError, SchedulerClosedError
-from .stages import Generation, RequestPlan
+from block_attention.core.config import GenerationConfig
+from block_attention.core.errors import ConfigError, RequestCancelledError, SchedulerClosedError
+from block_attention.engine.decoding import DecodeState, decode_step
+from block_attention.engine.stages import Generation, RequestPlan
+from block_attention.hf.compat import cache_kwargs, cache_over, empty_cache, output_cache
 
 logger = logging.getLogger("block_attention")
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from block_attention.stages import RequestStats
+from block_attention.engine.stages import RequestStats
 from block_attention.store import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -18,9 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from block_attention.blocks import Block
-from block_attention.errors import InvalidRequestError
-from block_attention.stages import Generation, RequestStats
+from block_attention.core.blocks import Block
+from block_attention.core.errors import InvalidRequestError
+from block_attention.engine.stages import Generation, RequestStats
 
 from .schema import ChatCompletionRequest, CompletionRequest, _Common, unsupported_fields
 from .settings import ServerSettings

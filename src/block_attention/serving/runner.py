@@ -12,7 +12,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from block_attention.errors import BlockAttentionError
+from block_attention.core.errors import BlockAttentionError
 
 
 def _uvicorn() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ServerSettings:
     * ``top_k``: passages retrieved per request from the local index (only with ``--index``, and only for a request
       that sends no ``documents`` field at all).
     * ``max_batch``: most concurrent requests whose decode steps run as one batched forward
-      (:mod:`block_attention.batching`); ``1`` answers requests one at a time in arrival order.
+      (:mod:`block_attention.serving.batching`); ``1`` answers requests one at a time in arrival order.
     """
 
     model_name: str = "block-attention"

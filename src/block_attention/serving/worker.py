@@ -1,7 +1,7 @@
-"""The model worker: the event-loop side of the :class:`~block_attention.batching.BatchScheduler` that owns the model.
+"""The model worker: the event-loop side of the :class:`~.batching.BatchScheduler` that owns the model.
 
-One thread owns the model (:mod:`block_attention.batching`): concurrent requests are prefilled one by one as they
-arrive and then decoded together, one batched forward per step for up to ``max_batch`` requests (``1``: one
+One thread owns the model (:mod:`block_attention.serving.batching`): concurrent requests are prefilled one by one
+as they arrive and then decoded together, one batched forward per step for up to ``max_batch`` requests (``1``: one
 request at a time in arrival order). HTTP parsing, validation, streaming to clients and ``/metrics`` run on the
 event loop meanwhile.
 
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from block_attention.batching import BatchScheduler, Failed, Finished, Job, Started, Ticket
+from block_attention.serving.batching import BatchScheduler, Failed, Finished, Job, Started, Ticket
 
 T = TypeVar("T")
 

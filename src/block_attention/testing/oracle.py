@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .layout import PromptLayout, additive_mask, block_causal_mask
+from block_attention.core.layout import PromptLayout, additive_mask, block_causal_mask
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,0 +1,5 @@
+"""Deprecated alias of :mod:`block_attention.serving.batching` (removed in the next release)."""
+
+from block_attention._moved import alias
+
+alias(__name__)
