@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig
-from .engine import BlockAttentionEngine
-from .errors import BlockAttentionError, ConfigError, ModelLoadError
+from block_attention.core.config import EngineConfig
+from block_attention.core.errors import BlockAttentionError, ConfigError, ModelLoadError
+from block_attention.engine.engine import BlockAttentionEngine
 from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
@@ -63,7 +63,7 @@ def packaged_checkpoint(name: str) -> Path | None:
     """The folder of a built-in checkpoint shipped in this install, or None."""
     if name not in PACKAGED_CHECKPOINTS:
         return None
-    from .packaged import packaged_path
+    from block_attention.core.packaged import packaged_path
 
     path = packaged_path(PACKAGED_CHECKPOINTS[name][0])
     return path if (path / "config.json").is_file() else None
@@ -130,7 +130,7 @@ def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None,
         store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
                             disk_bytes=disk_bytes)
     if name == BUILTIN_RANDOM:
-        from .testing import tiny_model, tiny_tokenizer
+        from .hf.tiny import tiny_model, tiny_tokenizer
 
         model = tiny_model("llama", seed=0)
         return BlockAttentionEngine(model if device is None else model.to(device), tiny_tokenizer(), config, store)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.errors import BlockAttentionError
+from block_attention.core.errors import BlockAttentionError
 from block_attention.retrieval import (
     CorpusFormatError,
     CorpusNotFoundError,
@@ -130,7 +130,7 @@ def test_document_validation() -> None:
 
 @pytest.mark.parametrize("field", ["doc_id", "title", "text"])
 def test_documents_with_a_lone_surrogate_are_refused(field: str) -> None:
-    from block_attention.errors import InvalidRequestError
+    from block_attention.core.errors import InvalidRequestError
 
     values = {"doc_id": "d", "title": "t", "text": "body"}
     values[field] = "a\ud800b"

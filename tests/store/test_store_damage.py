@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from block_attention.errors import StoreError
+from block_attention.core.errors import StoreError
 from block_attention.store.disk import DiskTier, value_digest, value_relpath
 from block_attention.store.keys import CacheKey
 from block_attention.testing.kv import failing_index, key, kv_bitwise_equal, make_kv

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.errors import StoreError
+from block_attention.core.errors import StoreError
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier, value_relpath
 from block_attention.testing.kv import key, kv_bitwise_equal, make_kv, plant_special_file
@@ -304,7 +304,7 @@ def test_read_only_cache_serves_hits_and_skips_writes(tmp_path: Path, what: str)
 
 OPEN_TIER = """
     import sys
-    from block_attention.errors import StoreError
+    from block_attention.core.errors import StoreError
     from block_attention.store.disk import DiskTier
     try:
         DiskTier(sys.argv[1], 64 << 20)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from block_attention.kv import BlockKV
+from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
 
 
