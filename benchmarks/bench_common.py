@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from block_attention import Block  # noqa: E402
-from block_attention.compat import cache_kwargs, output_cache  # noqa: E402
+from block_attention.hf.compat import cache_kwargs, output_cache  # noqa: E402
 
 # Qwen2-0.5B's shape (hidden 896, 24 layers, 14 query heads, 2 KV heads, head_dim 64, MLP 4864, tied embeddings).
 # The vocabulary is the offline tiny tokenizer's (600 ids) instead of 151,936: every method computes logits for the

@@ -2,8 +2,8 @@
 
 Every passage is warmed into the memory tier first, so the run measures serving (final-block prefill + decoding),
 not passage encoding. Then, for each client count ``c`` of ``--clients`` (default 1, 4, 8), ``c`` client threads
-each send ``--rounds`` requests back to back (closed loop) to a :class:`~block_attention.batching.BatchScheduler`
-over one engine, in this process:
+each send ``--rounds`` requests back to back (closed loop) to a
+:class:`~block_attention.serving.batching.BatchScheduler` over one engine, in this process:
 
   sequential   max_batch=1: one request at a time in arrival order (the server before batching)
   batched      max_batch=c: concurrent requests' decode steps run as one forward (prefills one by one)
@@ -36,8 +36,8 @@ import bench_common as bc
 import torch
 
 from block_attention import BlockAttentionEngine, StoreConfig
-from block_attention.batching import BatchScheduler
-from block_attention.decoding import DecodeState, decode_step
+from block_attention.engine.decoding import DecodeState, decode_step
+from block_attention.serving.batching import BatchScheduler
 
 SETTINGS = ("sequential", "batched")
 

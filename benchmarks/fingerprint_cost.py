@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from block_attention.fingerprint import WeightsWatch, adapter_state, weights_digest
+from block_attention.hf.fingerprint import WeightsWatch, adapter_state, weights_digest
 
 QWEN2_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,

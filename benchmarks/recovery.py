@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from block_attention.config import EngineConfig
+    from block_attention.core.blocks import Block
+    from block_attention.core.config import EngineConfig
     from block_attention.engine import BlockAttentionEngine
     from block_attention.evaluation.data import EvalExample
     from block_attention.evaluation.harness import EvalConfig, evaluate
-    from block_attention.blocks import Block
     from block_attention.finetune.synthetic import SyntheticConfig, make_task, task_prompt_config
 
     steps = 20 if args.quick else args.steps

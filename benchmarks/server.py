@@ -34,7 +34,7 @@ import httpx
 import torch
 
 from block_attention import BlockAttentionEngine, StoreConfig
-from block_attention.server import ServerSettings, ServerThread, create_app
+from block_attention.serving import ServerSettings, ServerThread, create_app
 from block_attention.testing.redis_server import RedisProcess
 
 METHODS = ("full", "block_cold", "warm_remote", "warm_memory")

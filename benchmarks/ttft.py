@@ -50,7 +50,7 @@ import torch
 import workload as wl
 
 from block_attention import BlockAttentionEngine, EngineConfig, KVStore, StoreConfig
-from block_attention.compat import cache_kwargs, output_cache
+from block_attention.hf.compat import cache_kwargs, output_cache
 from block_attention.store import serialize
 
 METHODS = ("full", "prefix_miss", "prefix_same_docs", "prefix_identical", "block_cold", "block_cold_fused",

@@ -25,7 +25,7 @@ QUESTION = "Who built the Bell Rock lighthouse?"
 @contextlib.contextmanager
 def local_server(model: str) -> Iterator[str]:
     from block_attention.models import load_engine
-    from block_attention.server import ServerSettings, ServerThread, create_app
+    from block_attention.serving import ServerSettings, ServerThread, create_app
 
     engine = load_engine(model)
     with ServerThread(create_app(engine, ServerSettings(model_name=model))) as server:

@@ -1,8 +1,8 @@
 """The README's architecture table, generated from the registry that the oracle tests run on.
 
-Rows: every entry of ``block_attention.testing.ARCHITECTURES`` (proven exact by ``tests/test_architectures.py``
+Rows: every entry of ``block_attention.testing.ARCHITECTURES`` (proven exact by ``tests/engine/test_architectures.py``
 for each attention implementation listed) and of ``REFUSED`` (each refusal tested). The rotary and window columns
-are measured by ``inspect_model`` on the tiny test models, not written by hand; ``tests/test_architectures.py``
+are measured by ``inspect_model`` on the tiny test models, not written by hand; ``tests/engine/test_architectures.py``
 fails when the README section differs from :func:`render`.
 
     python scripts/architectures_table.py --write     # rewrite the README section
@@ -65,7 +65,7 @@ def order() -> list[str]:
 
 def render() -> str:
     """The markdown table (between the README markers), measuring every registered model."""
-    from block_attention.rope import inspect_model
+    from block_attention.hf.rope import inspect_model
     from block_attention.testing import ARCHITECTURES, REFUSED, architecture_model, refused_model
 
     rows = {}
@@ -85,8 +85,8 @@ def readme_section(text: str) -> str:
 
 def measure() -> None:
     from block_attention import Block, BlockAttentionEngine
-    from block_attention.oracle import reference_logits
     from block_attention.testing import ARCHITECTURES, architecture_model, tiny_tokenizer
+    from block_attention.testing.oracle import reference_logits
 
     tok = tiny_tokenizer()
     docs = [Block("Block attention caches each retrieved passage separately and reuses it in any order. " * 2, "b"),
@@ -106,9 +106,10 @@ def discover() -> None:
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from block_attention.errors import UnsupportedModelError
-    from block_attention.rope import inspect_model
-    from block_attention.testing import ARCHITECTURES, DISCOVERED_MODEL_TYPES, _GENERIC_DEFAULTS, tiny_tokenizer
+    from block_attention.core.errors import UnsupportedModelError
+    from block_attention.hf.rope import inspect_model
+    from block_attention.hf.tiny import _GENERIC_DEFAULTS
+    from block_attention.testing import ARCHITECTURES, DISCOVERED_MODEL_TYPES, tiny_tokenizer
 
     tok = tiny_tokenizer()
     known = {a.model_type for a in ARCHITECTURES.values()}

@@ -18,12 +18,12 @@ import json
 import time
 from pathlib import Path
 
-from block_attention.config import EngineConfig
+from block_attention.core.config import EngineConfig
 from block_attention.evaluation.data import load_examples
 from block_attention.evaluation.harness import EvalConfig, evaluate
 from block_attention.hf.registry import SHORT_ANSWER_INSTRUCTION
 from block_attention.models import load_engine
-from block_attention.prompt import PromptConfig
+from block_attention.core.prompt import PromptConfig
 
 BASE_MODES = ("full", "block", "block-k16", "block-sink", "block-sink-k16")
 TUNED_MODES = ("block", "full")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI matrix step: run the oracle tests (tests/test_engine.py, tests/test_rope.py) against another transformers
+# CI matrix step: run the oracle tests (tests/engine/test_engine.py, tests/hf/test_rope.py) against another transformers
 # release in a second environment, so a breaking release is seen before users see it.
 #   bash scripts/ci-transformers.sh                 -> the newest transformers release on PyPI (.venv-latest)
 #   TRANSFORMERS_SPEC="transformers==5.0.0" BA_VENV=.venv-oldest bash scripts/ci-transformers.sh
@@ -31,7 +31,7 @@ version=$("$py" -c "import transformers; print(transformers.__version__)")
 banner "testing transformers $version"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # A deprecation of an argument we pass is an early warning of the next break: make it an error here.
-if "$py" -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_rope.py \
+if "$py" -m pytest -q -p no:cacheprovider tests/engine/test_engine.py tests/hf/test_rope.py \
      -W "error:past_key_values:FutureWarning" "$@"; then
   banner "PASSED with transformers $version"
 else

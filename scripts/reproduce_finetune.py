@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from block_attention.config import EngineConfig, GenerationConfig
+from block_attention.core.config import EngineConfig, GenerationConfig
+from block_attention.core.errors import ConfigError
 from block_attention.engine import BlockAttentionEngine
-from block_attention.errors import ConfigError
 from block_attention.finetune.collator import example_blocks
 from block_attention.finetune.synthetic import (SyntheticConfig, kind_guess_rate, make_corpus, make_task,
                                                 task_prompt_config, task_tokenizer)

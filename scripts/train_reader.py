@@ -43,13 +43,13 @@ from typing import Any
 
 import torch
 
-from block_attention.config import EngineConfig
+from block_attention.core.config import EngineConfig
+from block_attention.core.prompt import PromptConfig
 from block_attention.engine import BlockAttentionEngine
+from block_attention.engine.generation import GenerationConfig
 from block_attention.finetune.collator import IGNORE_INDEX, BlockCollator, example_blocks
 from block_attention.finetune.reader_task import ReaderTask, induction_batch
 from block_attention.finetune.train import save_finetuned
-from block_attention.generation import GenerationConfig
-from block_attention.prompt import PromptConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGED = REPO / "src" / "block_attention" / "data" / "tiny_reader"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from block_attention.models import load_engine
-from block_attention.pipeline import PipelineConfig, RAGPipeline
 from block_attention.retrieval import Retriever
+from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
 from block_attention.testing import INVENTED_FACTS as FACTS
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from block_attention import Block, BlockAttentionEngine, StoreConfig
-from block_attention.config import GenerationConfig
-from block_attention.errors import BlockAttentionError, ConfigError, InvalidRequestError
+from block_attention.core.config import GenerationConfig
+from block_attention.core.errors import BlockAttentionError, ConfigError, InvalidRequestError
+from block_attention.core.errors import CorpusFormatError
 from block_attention.models import check_device
 from block_attention.retrieval import Document, IndexFormatError, PassageStore, chunk_document, load_corpus
-from block_attention.errors import CorpusFormatError
 from block_attention.store import CacheKey
 
 LONE = "\ud800"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from block_attention.core.errors import ModelLoadError
+from block_attention.core.packaged import demo_questions
 from block_attention.demo import DEMO_TOP_K, answer_demo_questions
-from block_attention.errors import ModelLoadError
 from block_attention.models import BUILTIN_RANDOM, BUILTIN_READER, default_model, load_engine, reader_checkpoint
-from block_attention.packaged import demo_questions
 
 
 def test_reader_is_not_packaged_and_says_how_to_retrain():

@@ -11,14 +11,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Block": "blocks",
-    "BlockAttentionEngine": "engine", "Generation": "stages", "RequestStats": "stages", "PrefillOutput": "stages",
-    "RequestPlan": "stages", "TextStream": "stages",
-    "EngineConfig": "config", "GenerationConfig": "config",
-    "PromptConfig": "prompt", "PromptBuilder": "prompt",
+    "Block": "core.blocks",
+    "BlockAttentionEngine": "engine.engine", "Generation": "engine.stages", "RequestStats": "engine.stages",
+    "PrefillOutput": "engine.stages", "RequestPlan": "engine.stages", "TextStream": "engine.stages",
+    "EngineConfig": "core.config", "GenerationConfig": "core.config",
+    "PromptConfig": "core.prompt", "PromptBuilder": "core.prompt",
     "KVStore": "store", "StoreConfig": "store", "KVTier": "store",
-    "BlockAttentionError": "errors", "UnsupportedModelError": "errors", "ContextTooLongError": "errors",
-    "InvalidRequestError": "errors", "ConfigError": "errors", "StoreError": "errors",
+    "BlockAttentionError": "core.errors", "UnsupportedModelError": "core.errors", "ContextTooLongError": "core.errors",
+    "InvalidRequestError": "core.errors", "ConfigError": "core.errors", "StoreError": "core.errors",
 }
 __all__ = sorted(_EXPORTS)
 

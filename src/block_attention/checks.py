@@ -1,8 +1,5 @@
-"""Small value checks shared by the validating configs (one definition each)."""
+"""Deprecated alias of :mod:`block_attention.core.checks` (removed in the next release)."""
 
-from __future__ import annotations
+from block_attention._moved import alias
 
-
-def is_int(value: object) -> bool:
-    """True for a real ``int`` (``bool`` is not accepted as a number)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+alias(__name__)

@@ -26,7 +26,7 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _engine(args: argparse.Namespace):
-    from .config import EngineConfig
+    from block_attention.core.config import EngineConfig
     from .models import load_engine
 
     config = EngineConfig(mode=args.mode)
@@ -34,7 +34,7 @@ def _engine(args: argparse.Namespace):
 
 
 def _pipeline(args: argparse.Namespace):
-    from .pipeline import PipelineConfig, RAGPipeline
+    from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
     from .retrieval import Retriever
 
     retriever = Retriever.load(args.index)
@@ -82,7 +82,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = retriever.ingest(args.dir, show_progress=not args.quiet)
     print(f"ingested {args.dir} into {index}: {report.summary()}")
     if args.warm:
-        from .pipeline import RAGPipeline
+        from block_attention.retrieval.pipeline import RAGPipeline
 
         engine = _engine(args)
         passages = list(retriever.passages())
@@ -127,7 +127,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
+    from block_attention.core.errors import ConfigError
     from .store import KVStore, StoreConfig
 
     directory = _cache_dir(args)
@@ -153,13 +153,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import EngineConfig
-    from .errors import ContextTooLongError
+    from block_attention.core.config import EngineConfig
+    from block_attention.core.errors import ContextTooLongError
+    from block_attention.core.prompt import PromptConfig
     from .evaluation.data import load_examples
     from .evaluation.harness import EvalConfig, evaluate
     from .evaluation.report import format_table, plot, write_json
     from .models import load_engine
-    from .prompt import PromptConfig
 
     config = EvalConfig(modes=tuple(args.modes.split(",")), max_new_tokens=args.max_new_tokens,
                         max_blocks=args.max_blocks)
@@ -189,9 +189,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import EngineConfig
+    from block_attention.core.config import EngineConfig
+    from block_attention.serving import ServerSettings, create_app, run_server
     from .models import load_engine
-    from .server import ServerSettings, create_app, run_server
     from .store import StoreConfig
 
     cache_dir = _cache_dir(args)
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import BlockAttentionError
+    from block_attention.core.errors import BlockAttentionError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the CLI forks no tokenizer workers
     args = build_parser().parse_args(argv)

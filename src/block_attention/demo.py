@@ -37,9 +37,9 @@ def answer_demo_questions(model: str, *, corpus: str | Path | None = None, mode:
                           workdir: str | Path | None = None, questions: Sequence[str] | None = None,
                           device: str | None = None) -> list[DemoAnswer]:
     """Ingest ``corpus`` (default: the packaged one), answer the demo questions through the demo's pipeline."""
+    from block_attention.core.packaged import demo_corpus_dir, demo_questions
+    from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
     from .models import load_engine
-    from .packaged import demo_corpus_dir, demo_questions
-    from .pipeline import PipelineConfig, RAGPipeline
     from .retrieval import Retriever
 
     items = demo_questions()
@@ -61,9 +61,9 @@ def answer_demo_questions(model: str, *, corpus: str | Path | None = None, mode:
 
 def run_demo(model: str | None = None, workdir: str | None = None, questions: int = 3,
              device: str | None = None) -> int:
+    from block_attention.core.packaged import demo_corpus_dir, demo_questions
+    from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
     from .models import default_model, describe_model, expected_quality, load_engine
-    from .packaged import demo_corpus_dir, demo_questions
-    from .pipeline import PipelineConfig, RAGPipeline
     from .retrieval import Retriever
 
     name, corpus = model or default_model(), demo_corpus_dir()

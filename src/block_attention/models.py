@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig
-from .engine import BlockAttentionEngine
-from .prompt import PromptConfig
-from .errors import BlockAttentionError, ConfigError, ModelLoadError
-from .hf.registry import DEFAULT_DTYPE, REAL_MODELS, checkpoint_dir, is_adapter_dir, load_with_adapter
+from block_attention.core.config import EngineConfig
+from block_attention.core.errors import BlockAttentionError, ConfigError, ModelLoadError
+from block_attention.core.prompt import PromptConfig
+from block_attention.engine.engine import BlockAttentionEngine
+from block_attention.hf.registry import DEFAULT_DTYPE, REAL_MODELS, checkpoint_dir, is_adapter_dir, load_with_adapter
 from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
@@ -42,7 +42,7 @@ ADAPTERS: dict[str, tuple[str, str, str]] = {}
 
 def adapter_checkpoint(name: str) -> Path:
     """The packaged folder of built-in adapter ``name``."""
-    from .packaged import packaged_path
+    from block_attention.core.packaged import packaged_path
 
     path = packaged_path("adapters", ADAPTERS[name][0])
     if not is_adapter_dir(path):
@@ -81,7 +81,7 @@ def packaged_checkpoint(name: str) -> Path | None:
     """The folder of a built-in checkpoint shipped in this install, or None."""
     if name not in PACKAGED_CHECKPOINTS:
         return None
-    from .packaged import packaged_path
+    from block_attention.core.packaged import packaged_path
 
     path = packaged_path(PACKAGED_CHECKPOINTS[name][0])
     return path if (path / "config.json").is_file() else None
@@ -103,7 +103,7 @@ def real_model_installed(name: str) -> bool:
 
 
 def adapter_packaged(name: str) -> bool:
-    from .packaged import packaged_path
+    from block_attention.core.packaged import packaged_path
 
     return name in ADAPTERS and is_adapter_dir(packaged_path("adapters", ADAPTERS[name][0]))
 
@@ -185,7 +185,7 @@ def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None,
         store = StoreConfig(memory_bytes=memory_bytes, disk_dir=str(cache_dir) if cache_dir else None,
                             disk_bytes=disk_bytes)
     if name == BUILTIN_RANDOM:
-        from .testing import tiny_model, tiny_tokenizer
+        from .hf.tiny import tiny_model, tiny_tokenizer
 
         model = tiny_model("llama", seed=0)
         return BlockAttentionEngine(model if device is None else model.to(device), tiny_tokenizer(), config, store)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from block_attention.errors import BlockAttentionError
+from block_attention.core.errors import BlockAttentionError
 from block_attention.evaluation.data import DataFormatError, load_examples
 
 RECORD = {"question": "Who lit the lamp?", "answers": ["the keeper"],

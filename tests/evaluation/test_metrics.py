@@ -62,7 +62,7 @@ def test_agreement():
 
 
 def test_parse_modes():
-    from block_attention.errors import ConfigError
+    from block_attention.core.errors import ConfigError
     from block_attention.evaluation.harness import ModeSpec, parse_modes
 
     assert parse_modes("full, block,block-k16,block-sink,block-sink-k4") == (

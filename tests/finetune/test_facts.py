@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.finetune.facts import KINDS, _pools, edited, make_examples
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from block_attention.blocks import Block
-from block_attention.errors import BlockAttentionError, ConfigError
+from block_attention.core.blocks import Block
+from block_attention.core.errors import BlockAttentionError, ConfigError
+from block_attention.core.layout import block_causal_mask
+from block_attention.core.prompt import PromptBuilder, PromptConfig
 from block_attention.finetune.collator import IGNORE_INDEX, BlockCollator, CollatorConfig, TrainingDataError
 from block_attention.finetune.synthetic import SyntheticConfig, make_task, task_prompt_config, task_tokenizer
-from block_attention.layout import block_causal_mask
-from block_attention.prompt import PromptBuilder, PromptConfig
 from block_attention.testing import tiny_tokenizer
 
 EXAMPLES = [

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from block_attention.blocks import Block
-from block_attention.config import EngineConfig, GenerationConfig
+from block_attention.core.blocks import Block
+from block_attention.core.config import EngineConfig, GenerationConfig
+from block_attention.core.prompt import PromptConfig
 from block_attention.engine import BlockAttentionEngine
 from block_attention.finetune.collator import BlockCollator
 from block_attention.finetune.synthetic import SyntheticConfig, make_task, task_prompt_config, task_tokenizer
-from block_attention.prompt import PromptConfig
 from block_attention.testing import tiny_model, tiny_tokenizer
 
 ATOL = 1e-4
@@ -81,7 +81,7 @@ def test_teacher_forced_response_matches_engine_greedy():
     # feed the engine's own tokens back through the training mask: the argmax chain must agree step by step
     tokens = list(gen.token_ids)
     ids = enc.layout.input_ids() + tokens
-    from block_attention.layout import additive_mask, block_causal_mask
+    from block_attention.core.layout import additive_mask, block_causal_mask
     mask = additive_mask(block_causal_mask(enc.layout.block_lengths, len(enc.layout.final_ids) + len(tokens)),
                          torch.float32)  # [1, 1, T, T]
     with torch.no_grad():

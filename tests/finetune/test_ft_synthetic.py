@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.finetune.synthetic import (KINDS, SyntheticConfig, kind_guess_rate, make_corpus, make_task,
                                                 passage_kind, task_prompt_config,
                                                 task_tokenizer)

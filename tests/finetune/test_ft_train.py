@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from block_attention.config import EngineConfig
+from block_attention.core.config import EngineConfig
+from block_attention.core.errors import ConfigError
+from block_attention.core.prompt import PromptConfig, recorded_prompt_config
 from block_attention.engine import BlockAttentionEngine
-from block_attention.errors import ConfigError
 from block_attention.finetune.collator import BlockCollator, TrainingDataError
 from block_attention.finetune.synthetic import SyntheticConfig, make_task, task_prompt_config, task_tokenizer
 from block_attention.finetune.train import TrainConfig, load_examples, main, save_finetuned, train
-from block_attention.prompt import PromptConfig, recorded_prompt_config
 from block_attention.testing import tiny_model, tiny_tokenizer
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from block_attention.core.errors import ConfigError
+from block_attention.core.packaged import demo_questions
 from block_attention.demo import DEMO_TOP_K, answer_demo_questions
 from block_attention.engine import BlockAttentionEngine
-from block_attention.errors import ConfigError
 from block_attention.finetune.reader_task import (
     ReaderTask,
     answer_recall,
@@ -23,7 +24,6 @@ from block_attention.finetune.reader_task import (
     induction_batch,
     is_correct,
 )
-from block_attention.packaged import demo_questions
 
 _SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_reader.py"
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from block_attention.errors import ModelLoadError
+from block_attention.core.errors import ModelLoadError
 from block_attention.hf import registry
 from block_attention.hf.registry import REAL_MODELS, RealModel, checkpoint_dir, is_adapter_dir, load_with_adapter
 from block_attention.models import builtin_names, describe_model, load_engine, real_model_installed

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from block_attention.blocks import Block
+from block_attention.core.blocks import Block
 from block_attention.finetune.facts import edited, make_examples
 from block_attention.hf.registry import REAL_MODELS
 from block_attention.models import load_engine, real_model_installed
-from block_attention.oracle import reference_greedy, reference_logits
+from block_attention.testing.oracle import reference_greedy, reference_logits
 
 pytestmark = pytest.mark.skipif(not real_model_installed("smollm2-135m"),
                                 reason="install it with: " + REAL_MODELS["smollm2-135m"].install)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from block_attention.blocks import Block
-from block_attention.errors import ConfigError
+from block_attention.core.blocks import Block
+from block_attention.core.errors import ConfigError
 from block_attention.retrieval import ChunkingConfig, Document, chunk_document, chunk_text, count_words
 from block_attention.retrieval.chunking import split_paragraphs, split_sentences
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.errors import BlockAttentionError
+from block_attention.core.errors import BlockAttentionError
 from block_attention.retrieval import (
     CorpusFormatError,
     CorpusNotFoundError,

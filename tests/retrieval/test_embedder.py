@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.retrieval import DEFAULT_MODEL, Embedder, EmbedderLoadError, default_model_path
 from block_attention.retrieval.embedder import EmbedderConfig, is_text_embedder, resolve_model
 

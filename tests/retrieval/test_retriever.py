@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.blocks import Block
-from block_attention.errors import ConfigError, InvalidRequestError
+from block_attention.core.blocks import Block
+from block_attention.core.errors import ConfigError, InvalidRequestError
 from block_attention.retrieval import (
     Document,
     Embedder,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.retrieval import IndexConfig, IndexFormatError, VectorIndex
 
 DIM = 32

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from block_attention import BlockAttentionEngine, StoreConfig
-from block_attention.errors import ConfigError, CorruptEntryError
+from block_attention.core.errors import ConfigError, CorruptEntryError
 from block_attention.store import codec, serialize
 from block_attention.testing import tiny_model
 from block_attention.testing.kv import key, make_kv

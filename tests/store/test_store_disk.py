@@ -12,7 +12,7 @@ import pickle
 import diskcache
 import pytest
 
-from block_attention.errors import StoreError
+from block_attention.core.errors import StoreError
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier, value_relpath
 from block_attention.store.keys import CacheKey

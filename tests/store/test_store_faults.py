@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.errors import StoreError
+from block_attention.core.errors import StoreError
 from block_attention.store import serialize
 from block_attention.store.disk import DiskTier, value_relpath
 from block_attention.testing.kv import key, kv_bitwise_equal, make_kv, plant_special_file
@@ -307,7 +307,7 @@ def test_read_only_directory_without_index_is_a_store_error(tmp_path: Path) -> N
     directory.mkdir()
     script = """
         import sys
-        from block_attention.errors import StoreError
+        from block_attention.core.errors import StoreError
         from block_attention.store.disk import DiskTier
         try:
             DiskTier(sys.argv[1], 64 << 20)

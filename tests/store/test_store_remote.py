@@ -8,12 +8,12 @@ import time
 import pytest
 import redis
 
-from block_attention.errors import ConfigError, StoreError
+from block_attention.core.errors import ConfigError, StoreError
 from block_attention.store import KVStore, StoreConfig
 from block_attention.store import serialize
-from block_attention.testing.redis_server import RedisProcess
 from block_attention.store.remote import DEFAULT_PREFIX, RedisTier
 from block_attention.testing.kv import key, kv_bitwise_equal, make_kv
+from block_attention.testing.redis_server import RedisProcess
 
 
 def _client(proc: RedisProcess) -> redis.Redis:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from block_attention.errors import CorruptEntryError
-from block_attention.kv import BlockKV
+from block_attention.core.errors import CorruptEntryError
+from block_attention.core.kv import BlockKV
 from block_attention.store import serialize
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
 from block_attention.testing.kv import bitwise_equal, key, kv_bitwise_equal, make_kv

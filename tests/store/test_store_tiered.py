@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from block_attention.errors import ConfigError, StoreError
+from block_attention.core.errors import ConfigError, StoreError
 from block_attention.store import CacheKey, KVStore, StoreConfig, StoreStats
 from block_attention.store.disk import value_relpath
 from block_attention.testing.kv import key, kv_bitwise_equal, make_kv

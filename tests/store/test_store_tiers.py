@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from block_attention.errors import StoreError
-from block_attention.kv import BlockKV
+from block_attention.core.errors import StoreError
+from block_attention.core.kv import BlockKV
 from block_attention.store import CacheKey, KVStore, KVTier, StoreConfig, TierStats
 from block_attention.store import serialize
 from block_attention.store.memory import MemoryTier
@@ -140,7 +140,7 @@ def test_write_behind_close_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_write_behind_config_is_validated() -> None:
-    from block_attention.errors import ConfigError
+    from block_attention.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="write_queue"):
         StoreConfig(write_queue=0)

@@ -18,7 +18,7 @@ Contract:
   :func:`parse_call_options`; an unknown one raises ``ValueError`` naming the valid ones. ``model=`` per call is
   accepted when it names this instance's model and otherwise raises (one instance serves one model).
 * A prompt with no blocks that evidently carries flattened retrieved context logs one warning per instance
-  saying how to keep per-document caching (:data:`block_attention.integration.markers.FLAT_CONTEXT_HINT`).
+  saying how to keep per-document caching (:data:`block_attention.frameworks.markers.FLAT_CONTEXT_HINT`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from block_attention.integration.markers import FLAT_CONTEXT_HINT, looks_like_flat_context
-from block_attention.integration.options import engine_role, sampling_from
-from block_attention.integration.runtime import LazyEngine
+from block_attention.frameworks.markers import FLAT_CONTEXT_HINT, looks_like_flat_context
+from block_attention.frameworks.options import engine_role, sampling_from
+from block_attention.frameworks.runtime import LazyEngine
 
 from .documents import to_blocks
 

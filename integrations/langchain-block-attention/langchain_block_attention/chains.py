@@ -69,7 +69,7 @@ def create_stuff_documents_chain(llm: Runnable[Any, Any], prompt: BasePromptTemp
                                  keep_message: bool = False) -> Runnable[dict[str, Any], Any]:
     """``langchain_classic.chains.combine_documents.create_stuff_documents_chain`` keeping each document a block."""
     from block_attention import Block
-    from block_attention.integration.markers import format_blocks
+    from block_attention.frameworks.markers import format_blocks
 
     from .documents import to_blocks
 

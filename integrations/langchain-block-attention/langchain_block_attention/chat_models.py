@@ -37,8 +37,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables.config import run_in_executor
 
-from block_attention.integration.markers import split_prompt
-from block_attention.integration.runtime import iterate_in_thread, stats_metadata
+from block_attention.frameworks.markers import split_prompt
+from block_attention.frameworks.runtime import iterate_in_thread, stats_metadata
 
 from ._params import BlockAttentionParams, history_turns, parse_call_options
 from .documents import to_blocks

@@ -1,6 +1,6 @@
 """Turning LangChain documents into block-attention blocks, and marking them inside flat prompts.
 
-Contract (the keying and marker rules themselves live in :mod:`block_attention.integration`, shared with the
+Contract (the keying and marker rules themselves live in :mod:`block_attention.frameworks`, shared with the
 LlamaIndex integration):
 
 * :func:`to_blocks` converts a ``documents`` list (LangChain :class:`~langchain_core.documents.Document`,
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from block_attention.integration.documents import DocumentRef, documents_to_blocks
-from block_attention.integration.markers import BLOCK_MARKER, BLOCK_SEPARATOR, format_blocks, split_prompt
+from block_attention.frameworks.documents import DocumentRef, documents_to_blocks
+from block_attention.frameworks.markers import BLOCK_MARKER, BLOCK_SEPARATOR, format_blocks, split_prompt
 from langchain_core.documents import Document
 from langchain_core.prompts import PromptTemplate
 

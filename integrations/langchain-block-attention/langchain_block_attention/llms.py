@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from block_attention.integration.runtime import iterate_in_thread, stats_metadata
+from block_attention.frameworks.runtime import iterate_in_thread, stats_metadata
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult

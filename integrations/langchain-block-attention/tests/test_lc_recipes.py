@@ -20,7 +20,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 
-from block_attention.integration.markers import split_prompt
+from block_attention.frameworks.markers import split_prompt
 from langchain_block_attention import (BlockAttentionLLM, BlockAttentionRetriever, ChatBlockAttention,
                                        create_stuff_documents_chain, format_docs, to_blocks)
 

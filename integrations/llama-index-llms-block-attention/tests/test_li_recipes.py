@@ -19,7 +19,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
 from llama_index.core.schema import TextNode
 
-from block_attention.integration.markers import split_prompt
+from block_attention.frameworks.markers import split_prompt
 from llama_index.llms.block_attention import BlockAttentionLLM, BlockMarkers, block_query_engine, node_key
 
 N = 6

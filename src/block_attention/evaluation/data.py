@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..blocks import Block
-from ..errors import DataFormatError
+from block_attention.core.blocks import Block
+from block_attention.core.errors import DataFormatError
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Run an engine over evaluation examples in several attention modes and score every answer.
 
 Modes are named ``full``, ``block``, ``block-k<K>`` (block mode recovering the first ``K`` tokens of every
-block, see :mod:`block_attention.recovery`), ``block-sink`` (every block encoded behind the prompt prefix, see
-:mod:`block_attention.sink`) or ``block-sink-k<K>`` (both). Per example and mode the harness records the greedy answer, exact
+block, see :mod:`block_attention.engine.recovery`), ``block-sink`` (every block encoded behind the prompt prefix, see
+:mod:`block_attention.engine.sink`) or ``block-sink-k<K>`` (both). Per example and mode the harness records the greedy answer, exact
 match, token F1, answer-contained, the TTFT of that request (with the example's blocks already cached, i.e. the
 warm path a RAG service serves), the mean negative log-likelihood of the first gold answer's tokens under teacher
 forcing, and, when ``full`` is among the modes, the mean ``KL(mode || full)`` of the next-token distributions at
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from ..compat import cache_kwargs
-from ..config import Mode
-from ..errors import ConfigError
+from block_attention.core.config import Mode
+from block_attention.core.errors import ConfigError
+from block_attention.hf.compat import cache_kwargs
 from .data import EvalExample
 from .metrics import agreement, answer_contained, exact_match, kl_divergence, token_f1, token_nll
 

@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import torch
 
-from ..blocks import Block
-from ..errors import ConfigError, TrainingDataError
-from ..layout import PromptLayout, additive_mask, block_causal_mask
-from ..prompt import PromptBuilder, PromptConfig, pad_token_id
+from block_attention.core.blocks import Block
+from block_attention.core.errors import ConfigError, TrainingDataError
+from block_attention.core.layout import PromptLayout, additive_mask, block_causal_mask
+from block_attention.core.prompt import PromptBuilder, PromptConfig, pad_token_id
 
 CollatorMode = Literal["block", "full", "mixed"]
 LabelScope = Literal["response", "final", "all"]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ConfigError
+from block_attention.core.errors import ConfigError
 
 Split = Literal["train", "test"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from block_attention.core.errors import ConfigError
 
 STOPWORDS = frozenset(
     "a an the of in on at to and or is was were be been by for with from as that which who whom whose what when "

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..prompt import PromptConfig, recorded_prompt_config
+from block_attention.core.errors import ConfigError
+from block_attention.core.prompt import PromptConfig, recorded_prompt_config
 from .collator import BlockCollator, CollatorMode, LabelScope, TrainingDataError
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from block_attention.core.errors import ModelLoadError
 
 DEFAULT_DTYPE = "float32"
 # The instruction small instruction-tuned readers answer best with (tuned on held-out invented-fact data, not on

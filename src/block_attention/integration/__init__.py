@@ -1,33 +1,5 @@
-"""The rules every framework integration shares, written once (LangChain and LlamaIndex only map their types).
+"""Deprecated: moved to :mod:`block_attention.frameworks` (this package of aliases is removed in the next release)."""
 
-* :mod:`.markers`: block-boundary markers. :func:`format_blocks` renders passages as marked text (the
-  ``format_docs`` drop-in of a RAG recipe); :func:`split_prompt` recovers ``(blocks, rest)`` from any prompt
-  string that carries them, so a recipe that flattens documents into a prompt still gets one cached block each.
-* :mod:`.documents`: :class:`DocumentRef` (a framework document reduced to text, id, title, score) and
-  :func:`documents_to_blocks` (keying, duplicate ids).
-* :mod:`.options`: decoding settings from framework knobs (:func:`sampling_from`) and chat-role mapping.
-* :mod:`.runtime`: the lazily loaded, picklable engine holder (:class:`LazyEngine`), running a blocking stream
-  from async code (:func:`iterate_in_thread`) and the stats dictionary frameworks expose (:func:`stats_metadata`).
+from block_attention._moved import package_getattr
 
-Nothing here imports a framework, torch or a model at import time.
-"""
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "BLOCK_SEPARATOR": "markers", "format_blocks": "markers", "mark_block": "markers", "split_prompt": "markers",
-    "SplitPrompt": "markers", "looks_like_flat_context": "markers", "FLAT_CONTEXT_HINT": "markers",
-    "DocumentRef": "documents", "documents_to_blocks": "documents", "DuplicateKeyPolicy": "documents",
-    "sampling_from": "options", "engine_role": "options", "ROLE_NAMES": "options",
-    "LazyEngine": "runtime", "iterate_in_thread": "runtime", "stats_metadata": "runtime",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'block_attention.integration' has no attribute {name!r}")
+__getattr__ = package_getattr(__name__)

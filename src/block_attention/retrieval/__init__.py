@@ -14,6 +14,18 @@ all driven by :class:`Retriever`::
 Importing this package does no heavy work: torch, sentence-transformers and faiss load on first use.
 """
 
+from block_attention.core.errors import (
+    CorpusFormatError,
+    CorpusNotFoundError,
+    EmbedderLoadError,
+    EmbedderMismatchError,
+    EmptyCorpusError,
+    IndexExistsError,
+    IndexFormatError,
+    IndexNotFoundError,
+    RetrievalError,
+)
+from block_attention.core.packaged import DemoQuestion, demo_corpus_dir, demo_questions
 from .chunking import (
     ChunkingConfig,
     Passage,
@@ -26,7 +38,6 @@ from .chunking import (
     token_counter_from_tokenizer,
 )
 from .corpus import SUPPORTED_EXTENSIONS, Document, list_sources, load_corpus, load_file
-from ..packaged import DemoQuestion, demo_corpus_dir, demo_questions
 from .embedder import (
     DEFAULT_MODEL,
     Embedder,
@@ -35,21 +46,10 @@ from .embedder import (
     default_model_path,
     is_text_embedder,
 )
-from ..errors import (
-    CorpusFormatError,
-    CorpusNotFoundError,
-    EmbedderLoadError,
-    EmbedderMismatchError,
-    EmptyCorpusError,
-    IndexExistsError,
-    IndexFormatError,
-    IndexNotFoundError,
-    RetrievalError,
-)
 from .index import INDEX_KINDS, IndexConfig, VectorIndex
 from .manifest import MANIFEST_VERSION, Manifest, read_manifest
-from .retriever import IngestReport, Retriever, ScoredPassage
 from .passages import PassageStore
+from .retriever import IngestReport, Retriever, ScoredPassage
 
 __all__ = [
     "DEFAULT_MODEL",

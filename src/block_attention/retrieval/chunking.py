@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..blocks import Block
-from ..errors import ConfigError, InvalidRequestError
+from block_attention.core.blocks import Block
+from block_attention.core.checks import is_int
+from block_attention.core.errors import ConfigError, InvalidRequestError
 from .corpus import Document
-from ..checks import is_int
 
 TokenCounter = Callable[[str], int]
 
@@ -97,7 +97,7 @@ class Passage:
         return f"{self.title}\n{self.text}" if self.title else self.text
 
     def to_block(self, score: float | None = None) -> Block:
-        """The passage as a cacheable :class:`~block_attention.blocks.Block` keyed by its passage id."""
+        """The passage as a cacheable :class:`~block_attention.core.blocks.Block` keyed by its passage id."""
         return Block(
             text=self.text,
             doc_id=self.passage_id,

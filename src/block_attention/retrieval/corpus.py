@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidRequestError
-from ..errors import CorpusFormatError, CorpusNotFoundError, EmptyCorpusError
+from block_attention.core.errors import InvalidRequestError
+from block_attention.core.errors import CorpusFormatError, CorpusNotFoundError, EmptyCorpusError
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".jsonl")
 

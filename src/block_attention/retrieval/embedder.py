@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ConfigError
-from ..errors import EmbedderLoadError
-from ..checks import is_int
+from block_attention.core.checks import is_int
+from block_attention.core.errors import ConfigError
+from block_attention.core.errors import EmbedderLoadError
 
 if TYPE_CHECKING:
     import numpy as np

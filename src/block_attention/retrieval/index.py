@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import ConfigError
-from ..errors import IndexFormatError
-from ..checks import is_int
+from block_attention.core.checks import is_int
+from block_attention.core.errors import ConfigError
+from block_attention.core.errors import IndexFormatError
 
 if TYPE_CHECKING:
     import numpy as np

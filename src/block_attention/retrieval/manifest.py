@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from block_attention.core.errors import ConfigError
+from block_attention.core.errors import IndexFormatError, IndexNotFoundError
 from .chunking import ChunkingConfig
-from ..errors import IndexFormatError, IndexNotFoundError
 from .index import IndexConfig
 
 FORMAT_NAME = "block_attention.retrieval"

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from block_attention.core.errors import BlockAttentionError, IndexFormatError
 from .chunking import Passage
-from ..errors import BlockAttentionError, IndexFormatError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -15,7 +15,7 @@ Contract:
 * :meth:`Retriever.delete` accepts passage ids, doc ids or sources and returns the removed passage ids.
 * :meth:`Retriever.search` embeds the query and returns up to ``top_k`` :class:`ScoredPassage` (cosine
   similarity, best first; :meth:`Retriever.search_many` embeds a batch of queries at once);
-  ``ScoredPassage.to_block()`` gives the cacheable :class:`~block_attention.blocks.Block`.
+  ``ScoredPassage.to_block()`` gives the cacheable :class:`~block_attention.core.blocks.Block`.
 * Every change is saved before the call returns (store transaction committed, Faiss index and manifest written
   atomically). On load, an index file that disagrees with the store is rebuilt from the stored vectors.
 * The embedder recorded in the manifest is used on load; passing a different one raises
@@ -32,12 +32,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..blocks import Block
-from ..errors import ConfigError, InvalidRequestError
+from block_attention.core.blocks import Block
+from block_attention.core.errors import ConfigError, InvalidRequestError
+from block_attention.core.errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
 from .chunking import ChunkingConfig, Passage, TokenCounter, chunk_document
 from .corpus import Document, check_unique_doc_ids, list_sources, load_corpus
 from .embedder import Embedder, TextEmbedder, is_text_embedder
-from ..errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
 from .index import IndexConfig, VectorIndex
 from .manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from .passages import STORE_FILE, PassageStore
@@ -61,7 +61,7 @@ class ScoredPassage:
         return self.passage.passage_id
 
     def to_block(self) -> Block:
-        """The hit as a :class:`~block_attention.blocks.Block` keyed by its passage id, carrying the score."""
+        """The hit as a :class:`~block_attention.core.blocks.Block` keyed by its passage id, carrying the score."""
         return self.passage.to_block(score=self.score)
 
 

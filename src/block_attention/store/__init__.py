@@ -7,7 +7,7 @@ Contract:
   write-behind. ``lookup`` says which tier hit; a lower-tier hit is promoted upwards.
 * Entries are keyed by :class:`CacheKey`; a changed model or changed document text changes the key, so stale KV is
   never served. ``delete_doc`` drops a document under every fingerprint.
-* Returned :class:`~block_attention.kv.BlockKV` objects are shared and read-only; ``put`` keeps the tensors it is
+* Returned :class:`~block_attention.core.kv.BlockKV` objects are shared and read-only; ``put`` keeps the tensors it is
   given, so callers hand over fresh tensors and never mutate them afterwards.
 * Cache problems are not errors: corrupt entries and I/O failures are logged (``block_attention.store``), dropped
   and reported as misses. Nothing on disk is ever unpickled.

@@ -6,8 +6,8 @@ round to nearest. Bytes per element fall from 2 (bf16/fp16) or 4 (fp32) to 1 plu
 bytes per element). Decoding returns the original dtype and shape. The memory tier never holds compressed KV, so
 only entries read back from disk or Redis carry the quantization error (measured in docs/benchmarks.md).
 
-Contract: :func:`encode` maps a :class:`~block_attention.kv.BlockKV` to named CPU tensors, :func:`decode` inverts
-it and raises :class:`~block_attention.errors.CorruptEntryError` when the tensors are not what ``encode`` writes.
+Contract: :func:`encode` maps a :class:`~block_attention.core.kv.BlockKV` to named CPU tensors, :func:`decode` inverts
+it and raises :class:`~block_attention.core.errors.CorruptEntryError` when the tensors are not what ``encode`` writes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from block_attention.errors import CorruptEntryError
-from block_attention.kv import BlockKV
+from block_attention.core.errors import CorruptEntryError
+from block_attention.core.kv import BlockKV
 
 Codec = Literal["none", "int8"]
 CODECS = ("none", "int8")

@@ -1,7 +1,7 @@
 """Configuration of the KV store (memory LRU tier + optional disk tier + optional remote Redis tier).
 
 :class:`StoreConfig` is frozen and validated when constructed: an invalid value raises
-:class:`~block_attention.errors.ConfigError` with a sentence that names the fix. Nothing here touches the disk or
+:class:`~block_attention.core.errors.ConfigError` with a sentence that names the fix. Nothing here touches the disk or
 a device; opening the disk directory happens in :class:`~block_attention.store.tiered.KVStore`.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from block_attention.errors import ConfigError
-from block_attention.checks import is_int
+from block_attention.core.checks import is_int
+from block_attention.core.errors import ConfigError
 
 GiB = 1024**3
 MIN_DISK_BYTES = 1024**2  # below this the sqlite index alone would fill the budget

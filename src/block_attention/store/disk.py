@@ -30,7 +30,7 @@ Contract:
   ``block_attention.store`` and counted; an ``OSError`` or SQLite error is logged and reported as a miss; a
   failed write is logged and skipped. Nothing is ever pickled or unpickled.
 * **Opening.** An unusable directory or a database of another schema version raises
-  :class:`~block_attention.errors.StoreError` naming the fix. A database that SQLite reports as damaged (not
+  :class:`~block_attention.core.errors.StoreError` naming the fix. A database that SQLite reports as damaged (not
   locked, not unreadable for permissions) is moved aside once (``cache.db.damaged-<time>``) and a fresh one
   started. Unknown ``kv_meta`` rows are ignored.
 * **Read-only mode.** If the directory or ``cache.db`` is not writable (or SQLite says the database is
@@ -55,9 +55,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from block_attention.errors import StoreError
-from block_attention.kv import BlockKV
 import block_attention.store.serialize as serialize
+from block_attention.core.errors import StoreError
+from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
 from block_attention.store.tier import KVTier, TierStats
 

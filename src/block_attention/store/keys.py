@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
-from block_attention.errors import InvalidRequestError
+from block_attention.core.errors import InvalidRequestError
 
 FORMAT_VERSION = 1  # bump when the meaning of stored KV changes
 

@@ -2,7 +2,7 @@
 
 Contract:
 
-* ``get`` returns the stored :class:`~block_attention.kv.BlockKV` itself (shared, read-only for consumers) and
+* ``get`` returns the stored :class:`~block_attention.core.kv.BlockKV` itself (shared, read-only for consumers) and
   makes it the most recently used entry; ``contains`` does not touch recency.
 * ``put`` inserts or replaces, then evicts least-recently-used entries until ``nbytes <= max_bytes``. An entry
   larger than the whole budget is not stored (and an older entry under the same key is dropped).
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
-from block_attention.kv import BlockKV
+from block_attention.core.kv import BlockKV
 from block_attention.store.tier import KVTier, TierStats
 
 K = TypeVar("K", bound=Hashable)

@@ -32,9 +32,9 @@ import threading
 import time
 from typing import Any
 
-from block_attention.errors import StoreError
-from block_attention.kv import BlockKV
 import block_attention.store.serialize as serialize
+from block_attention.core.errors import StoreError
+from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
 from block_attention.store.tier import KVTier, TierStats
 

@@ -8,7 +8,7 @@ Layout::
 ``"values"`` uncompressed, or int8 tensors with their scales) and string metadata ``format_version, fingerprint,
 doc_id, content_hash, dtype, shape`` and ``codec`` (absent means ``"none"``, the original format). :func:`loads` trusts nothing: wrong magic or
 version, truncation, a digest mismatch, a safetensors parse failure, metadata naming another cache key, or tensors
-whose dtype/shape disagree with the metadata all raise :class:`~block_attention.errors.CorruptEntryError` with the
+whose dtype/shape disagree with the metadata all raise :class:`~block_attention.core.errors.CorruptEntryError` with the
 reason. Tensors come back on CPU, contiguous, owning their memory; every dtype (bf16 included) round-trips
 bitwise.
 """
@@ -24,8 +24,8 @@ import xxhash
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from block_attention.errors import CorruptEntryError
-from block_attention.kv import BlockKV
+from block_attention.core.errors import CorruptEntryError
+from block_attention.core.kv import BlockKV
 from block_attention.store.codec import CODECS, Codec, decode, encode, names
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
 

@@ -1,6 +1,6 @@
 """The one contract every KV tier implements (memory, disk, remote, or a backend of your own).
 
-A tier maps :class:`~block_attention.store.keys.CacheKey` to :class:`~block_attention.kv.BlockKV`. The
+A tier maps :class:`~block_attention.store.keys.CacheKey` to :class:`~block_attention.core.kv.BlockKV`. The
 :class:`~block_attention.store.tiered.KVStore` composes an ordered list of tiers (fastest first): a lookup walks
 the list, a hit is promoted into the tiers above it, and a write goes to every tier.
 
@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from block_attention.kv import BlockKV
+from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
 
 

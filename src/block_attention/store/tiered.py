@@ -12,10 +12,10 @@ Contract:
   queue makes the caller write synchronously; ``flush()`` and ``close()`` wait for every queued write). The store
   keeps a reference to the tensors it is handed: the caller must hand over fresh tensors and never write into
   them afterwards.
-* Every returned :class:`~block_attention.kv.BlockKV` is shared with the store and read-only: consumers copy,
+* Every returned :class:`~block_attention.core.kv.BlockKV` is shared with the store and read-only: consumers copy,
   never write in place.
 * Cache problems are never errors: I/O failures and corrupt entries become misses (and warnings). Only an
-  unusable disk directory (:class:`~block_attention.errors.StoreError` at construction) or use after
+  unusable disk directory (:class:`~block_attention.core.errors.StoreError` at construction) or use after
   :meth:`KVStore.close` raise.
 * Tiers follow :class:`~block_attention.store.tier.KVTier`; a new backend is one class.
 * All methods are thread-safe.
@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from block_attention.errors import StoreError
-from block_attention.kv import BlockKV, KVGeometry
+from block_attention.core.errors import StoreError
+from block_attention.core.kv import BlockKV, KVGeometry
 from block_attention.store.config import StoreConfig
 from block_attention.store.disk import DiskTier
 from block_attention.store.keys import CacheKey

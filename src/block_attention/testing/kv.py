@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from block_attention.kv import BlockKV
+from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
 
 

@@ -38,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # An old import path (block_attention._moved) used by the library, an integration or a test is an error; the
+    # tests of the aliases themselves assert the warning with pytest.warns.
+    config.addinivalue_line("filterwarnings", r"error:block_attention\.[\w.]+ moved to:DeprecationWarning")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,14 +63,14 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tok() -> Any:
-    from block_attention.testing import tiny_tokenizer
+    from block_attention.hf.tiny import tiny_tokenizer
 
     return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def llama() -> Any:
-    from block_attention.testing import tiny_model
+    from block_attention.hf.tiny import tiny_model
 
     return tiny_model("llama", seed=0)
 

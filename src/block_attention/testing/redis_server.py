@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 
-from block_attention.errors import StoreError
+from block_attention.core.errors import StoreError
 
 
 def redis_server_path() -> str | None:

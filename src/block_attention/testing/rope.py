@@ -1,4 +1,4 @@
-"""A per-token RoPE shift, written independently of :func:`block_attention.rope.rotate_block_into`: the oracle the
+"""A per-token RoPE shift, written independently of :func:`block_attention.hf.rope.rotate_block_into`: the oracle the
 rotation tests compare the library's per-block rotation against."""
 
 from __future__ import annotations

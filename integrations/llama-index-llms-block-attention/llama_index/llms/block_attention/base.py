@@ -49,9 +49,9 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from block_attention.integration.markers import FLAT_CONTEXT_HINT, looks_like_flat_context, split_prompt
-from block_attention.integration.options import engine_role, sampling_from
-from block_attention.integration.runtime import LazyEngine, iterate_in_thread, stats_metadata
+from block_attention.frameworks.markers import FLAT_CONTEXT_HINT, looks_like_flat_context, split_prompt
+from block_attention.frameworks.options import engine_role, sampling_from
+from block_attention.frameworks.runtime import LazyEngine, iterate_in_thread, stats_metadata
 
 from .blocks import to_blocks
 from .markers import current_synthesis, register_stats_handler

@@ -8,7 +8,7 @@ Contract:
   key and never reuses stale KV; an unchanged node hits the cache under the same key in every query.
 * ``NodeWithScore.score`` becomes the block score (used by the engine's ``drop_lowest`` overflow policy).
 * Nodes whose content is blank are skipped. ``blocks=`` items may be ``Block`` objects or plain strings.
-* The keying rules (including duplicate ids) are the core's :mod:`block_attention.integration.documents`; a
+* The keying rules (including duplicate ids) are the core's :mod:`block_attention.frameworks.documents`; a
   :class:`~llama_index.llms.block_attention.markers.BlockMarkedNode` is converted from its unmarked content.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from block_attention.integration.documents import DocumentRef, documents_to_blocks
+from block_attention.frameworks.documents import DocumentRef, documents_to_blocks
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
 
 from .markers import BlockMarkedNode, node_key

@@ -8,7 +8,7 @@ Contract:
   by a :class:`BlockMarkedNode`: the same id, text, metadata and hash, whose LLM view (``get_content(
   MetadataMode.LLM)``, what every stock synthesizer and chat engine puts in the prompt) is wrapped in a block
   marker carrying ``node_id:hash`` and the node's score. :class:`~llama_index.llms.block_attention.BlockAttentionLLM`
-  splits marked prompts back into one cached block per node (:mod:`block_attention.integration.markers`); the rest
+  splits marked prompts back into one cached block per node (:mod:`block_attention.frameworks.markers`); the rest
   of the prompt (the framework's template and the query) is the final block. A marked span cut in two by a
   framework's re-chunking (``compact``/``tree_summarize`` when the nodes do not fit one prompt) is sent as plain
   text. :func:`block_query_engine` is the same as a one-call factory.
@@ -27,8 +27,8 @@ import contextvars
 import threading
 from typing import TYPE_CHECKING, Any
 
-from block_attention.integration.markers import mark_block
-from block_attention.integration.runtime import stats_metadata
+from block_attention.frameworks.markers import mark_block
+from block_attention.frameworks.runtime import stats_metadata
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode

@@ -1,0 +1,28 @@
+"""The engine: turns one request (cached blocks + a final block) into an answer, stage by stage.
+
+Data flow: :mod:`.stages` (typed stage results) -> :mod:`.encode` (each missing block alone at positions
+``0..n-1``; :mod:`.sink` encodes behind the prompt prefix) -> :mod:`.assemble` (re-rotate and concatenate;
+:mod:`.recovery` re-encodes each block's first tokens in context) -> prefill of the final block (:mod:`.fused`
+does encode, assemble and prefill in one forward) -> :mod:`.decoding` / :mod:`.generation` (the decode rules).
+:class:`BlockAttentionEngine` (:mod:`.engine`) chains them over a model, a tokenizer and a KV store. Model
+internals are reached through :mod:`block_attention.hf` only. Importing the package does no work.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BlockAttentionEngine": "engine",
+    "Assembled": "stages", "BlockKVs": "stages", "Generation": "stages", "Lookup": "stages", "Prefilled": "stages",
+    "PrefillOutput": "stages", "RequestPlan": "stages", "RequestStats": "stages", "TextStream": "stages",
+    "WarmReport": "stages",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'block_attention.engine' has no attribute {name!r}")

@@ -1,0 +1,59 @@
+"""Assembly: re-encode cached blocks to their prompt offsets and concatenate them into a transformers cache.
+
+Input blocks are read, never written: every block's keys are rotated straight into their slice of one new
+``[L, H_kv, T, D]`` tensor (one read, one write; float32 temporaries of one block, at most ~32 MB of layers at a
+time) and the values are concatenated into another. All tokens of a block move by the same offset, so one cos/sin
+pair per frequency serves the whole block. Each layer gets the cache type the model's attention needs: a full
+layer, or a sliding-window layer (keeping the last ``window - 1`` tokens) where the model's mask applies a window;
+the model's own mask then covers the final block within and beyond the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from block_attention.core.kv import BlockKV
+from block_attention.hf.compat import cache_over
+from block_attention.hf.rope import RotaryInfo, rotate_block_into
+
+ROTATION_CHUNK_BYTES = 32 << 20  # float32 temporaries of a rotation stay under about twice this
+
+
+@torch.no_grad()  # caches hold plain tensors: nothing here is trained through
+def assemble_cache(blocks: Sequence[BlockKV], offsets: Sequence[int], rotary: RotaryInfo,
+                   device: torch.device | str) -> DynamicCache:
+    """A ``DynamicCache`` holding ``blocks`` placed at global ``offsets`` (keys rotated by each block's offset)."""
+    assert blocks and len(blocks) == len(offsets)
+    layers, heads, _, dim = blocks[0].keys.shape
+    assert layers == len(rotary.layers), (layers, len(rotary.layers))
+    total = sum(b.n_tokens for b in blocks)
+    keys = torch.empty((layers, heads, total, dim), dtype=blocks[0].keys.dtype, device=device)  # [L, H_kv, T, D]
+    values = torch.cat([b.values.to(device) for b in blocks], dim=2)  # [L, H_kv, T, D] new storage
+    start = 0
+    for block, offset in zip(blocks, offsets):
+        move_keys(keys[:, :, start:start + block.n_tokens], block.keys.to(device), offset, rotary)
+        start += block.n_tokens
+    return cache_over([(keys[i][None], values[i][None], info.window)  # [1, H_kv, T, D] each
+                       for i, info in enumerate(rotary.layers)])
+
+
+@torch.no_grad()
+def move_keys(dest: torch.Tensor, src: torch.Tensor, delta: int, rotary: RotaryInfo) -> torch.Tensor:
+    """Write the keys ``src [L, H_kv, n, D]`` of one block moved by ``delta`` positions (negative: back) into
+    ``dest`` (same shape; may be ``src``). Layers sharing a frequency set are rotated together."""
+    if delta == 0:
+        return dest if dest.data_ptr() == src.data_ptr() else dest.copy_(src)
+    per_layer = src[0].numel() * 4  # float32 bytes of one layer's keys of this block
+    step = max(1, ROTATION_CHUNK_BYTES // max(per_layer, 1))  # layers rotated together
+    for inv_freq, members in rotary.frequency_groups:
+        if len(members) == len(rotary.layers):  # one frequency set: contiguous chunks of layers
+            for first in range(0, len(members), step):
+                rotate_block_into(dest[first:first + step], src[first:first + step], delta, inv_freq,
+                                  rotary.interleaved)
+        else:
+            for layer in members:
+                rotate_block_into(dest[layer], src[layer], delta, inv_freq, rotary.interleaved)
+    return dest
