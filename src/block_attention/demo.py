@@ -31,12 +31,14 @@ class DemoAnswer:
     reference: str
     answer: str
     passage_ids: tuple[str, ...]
+    misses: int  # blocks of the answering request that were not cached (0 on a warm request)
 
 
 def answer_demo_questions(model: str, *, corpus: str | Path | None = None, mode: str = "block",
                           workdir: str | Path | None = None, questions: Sequence[str] | None = None,
-                          device: str | None = None) -> list[DemoAnswer]:
-    """Ingest ``corpus`` (default: the packaged one), answer the demo questions through the demo's pipeline."""
+                          device: str | None = None, warm: bool = False) -> list[DemoAnswer]:
+    """Ingest ``corpus`` (default: the packaged one), answer the demo questions through the demo's pipeline
+    (``warm``: ask each question twice and report the second, cached, answer)."""
     from block_attention.core.packaged import demo_corpus_dir, demo_questions
     from block_attention.retrieval.pipeline import PipelineConfig, RAGPipeline
     from .models import load_engine
@@ -53,9 +55,11 @@ def answer_demo_questions(model: str, *, corpus: str | Path | None = None, mode:
             pipe = RAGPipeline(retriever, engine, PipelineConfig(top_k=DEMO_TOP_K))
             out = []
             for item in items:
-                result = pipe.answer(item.question, max_new_tokens=DEMO_MAX_NEW_TOKENS, mode=mode, stop=DEMO_STOP)
+                for _ in range(2 if warm else 1):
+                    result = pipe.answer(item.question, max_new_tokens=DEMO_MAX_NEW_TOKENS, mode=mode,
+                                         stop=DEMO_STOP)
                 out.append(DemoAnswer(item.question, item.answer, result.text.strip(),
-                                      tuple(src.passage.passage_id for src in result.sources)))
+                                      tuple(src.passage.passage_id for src in result.sources), result.stats.misses))
     return out
 
 

@@ -37,7 +37,14 @@ PACKAGED_CHECKPOINTS: dict[str, tuple[str, str, str]] = {
 SMOLLM2 = "smollm2-135m"
 # built-in block-fine-tuned LoRA adapters shipped under block_attention/data/adapters:
 # name -> (folder, description, base built-in model)
-ADAPTERS: dict[str, tuple[str, str, str]] = {}
+ADAPTERS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-block-ft": (
+        "smollm2-135m-block-ft",
+        "SmolLM2-135M-Instruct block-fine-tuned by this repository (LoRA r16 on every projection, 640 generated "
+        "invented-fact examples, mixed block/full attention; python -m block_attention.finetune, "
+        "docs/finetune_results.md), merged into the registry's SmolLM2 weights at load. It answers in one sentence.",
+        "smollm2-135m"),
+}
 
 
 def adapter_checkpoint(name: str) -> Path:
@@ -221,6 +228,11 @@ def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None,
 # docs/quality.md has the commands and the full tables).
 DEMO_QUALITY: dict[str, str] = {
     BUILTIN_RANDOM: "gibberish answers (random weights); use it to see the caching and timings only.",
+    "smollm2-135m-block-ft": ("a 135M-parameter reader: measured 4 of 10 demo questions right in block mode (5 of 10 "
+                              "with full attention); on held-out invented-fact questions 55% in block mode vs 45% "
+                              "for the base model with full attention and 22% in block mode (docs/quality.md)."),
+    SMOLLM2: ("a 135M-parameter model not block-fine-tuned, served with recompute_tokens=16: on held-out invented-fact "
+              "questions 35% vs 45% with full attention and 22% in plain block mode (docs/quality.md)."),
 }
 
 

