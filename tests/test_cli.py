@@ -17,6 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(*args, stdin=None):
+    """The CLI in a subprocess; ask/chat run the tiny random model unless a test names one (the CLI's own default
+    is the best installed real reader, tested in tests/test_demo_reader.py)."""
+    if args and args[0] in ("ask", "chat") and "--model" not in args:
+        args = (*args, "--model", "tiny-random")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "block_attention", *args], capture_output=True, text=True,
                           input=stdin, env=env, timeout=600)

@@ -18,7 +18,7 @@ from block_attention.models import BUILTIN_RANDOM, BUILTIN_READER, default_model
 
 def test_reader_is_not_packaged_and_says_how_to_retrain():
     assert reader_checkpoint() is None  # not shipped: it did not learn the task (see the module docstring)
-    assert default_model() == BUILTIN_RANDOM
+    assert default_model() != BUILTIN_READER
     with pytest.raises(ModelLoadError, match="scripts/train_reader.py"):
         load_engine(BUILTIN_READER)
 

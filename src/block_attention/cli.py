@@ -7,6 +7,7 @@ status 2, never a traceback. The KV cache of an index lives in ``<index>/kv_cach
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -187,9 +188,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompt = None
     if args.block_marker or args.docs_in:  # e.g. ldsjmdy/Tulu3-Block-FT: --block-marker "[Block-Attention]" --docs-in user
         prompt = PromptConfig(block_marker=args.block_marker or None, docs_in=args.docs_in or "system")
+    if args.prompt_config:
+        fields = json.loads(Path(args.prompt_config).read_text(encoding="utf-8"))
+        prompt = PromptConfig(**{**(dataclasses.asdict(prompt) if prompt else {}), **fields})
     engine = load_engine(args.model, device=args.device, config=EngineConfig(prompt=prompt))
     try:
-        result = evaluate(engine, examples, config, model_name=args.model, data_name=Path(args.data).name,
+        result = evaluate(engine, examples, config, model_name=args.model, data_name=Path(args.data).name
+                          if not args.data.startswith("facts:") else args.data,
                           progress=not args.quiet)
     except ContextTooLongError as exc:
         raise ContextTooLongError(f"{exc} With `block-attention eval`, pass --max-blocks N to keep the first N "
@@ -301,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-blocks", type=int, default=None, help="keep the first N passages of each question")
     sp.add_argument("--block-marker", default=None, help='prompt marker of the checkpoint, e.g. "[Block-Attention]"')
     sp.add_argument("--docs-in", choices=["system", "user"], default=None, help="chat turn that holds the passages")
+    sp.add_argument("--prompt-config", default=None, help="JSON file of PromptConfig fields (e.g. the instruction)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--no-plot", action="store_true")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -67,10 +67,16 @@ def _example(record: Any, path: Path, where: str, index: int) -> EvalExample:
 
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[EvalExample]:
-    """Examples of ``path`` in file order (the first ``limit`` when given)."""
-    path = Path(path)
+    """Examples of ``path`` in file order (the first ``limit`` when given).
+
+    ``facts:N`` or ``facts:N:SEED`` (not a file) generates ``N`` held-out invented-fact examples
+    (:func:`block_attention.finetune.facts.make_examples`, test split: wording and names never used in training).
+    """
     if limit is not None and limit < 1:
         raise DataFormatError(f"limit must be >= 1, got {limit}.")
+    if isinstance(path, str) and path.startswith("facts:"):
+        return generated_facts(path)[:limit]
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -108,3 +114,14 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[EvalExampl
     if limit is not None:
         records = records[:limit]
     return [_example(r, path, where, i) for i, (where, r) in enumerate(records)]
+
+
+def generated_facts(spec: str) -> list[EvalExample]:
+    """``facts:N[:SEED]`` -> ``N`` held-out invented-fact examples (test split)."""
+    from ..finetune.facts import make_examples
+
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]) or int(parts[1]) < 1:
+        raise DataFormatError(f"Generated data is named facts:N or facts:N:SEED (e.g. facts:100:1), got {spec!r}.")
+    records = make_examples(int(parts[1]), split="test", seed=int(parts[2]) if len(parts) == 3 else 0)
+    return [_example(r, Path(spec), f"example {i}", i) for i, r in enumerate(records)]

@@ -35,6 +35,7 @@ from block_attention.core.prompt import PromptConfig, recorded_prompt_config
 from .collator import BlockCollator, CollatorMode, LabelScope, TrainingDataError
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+ADAPTER_RECORD = "block_attention.json"  # beside a saved LoRA adapter: prompt config, training mode, base model
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class TrainConfig:
     num_threads: int | None = None
     output_dir: str | None = None  # Trainer's scratch directory (nothing is checkpointed); None: a temp dir
     label_scope: LabelScope = "response"  # "final"/"all" also train on prompt tokens (pretraining from scratch)
+    lora_r: int = 0  # > 0: train a LoRA adapter of this rank (peft) on every linear layer instead of all weights
+    lora_alpha: float | None = None  # None: 2 * lora_r
+    save_steps: int = 0  # > 0 (with output_dir): a resumable Trainer checkpoint every save_steps steps
 
     def __post_init__(self) -> None:
         if self.mode not in ("block", "full", "mixed"):
@@ -80,6 +84,12 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}.")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ConfigError(f"TrainConfig.num_threads must be None or an int >= 1, got {self.num_threads!r}.")
+        if not isinstance(self.lora_r, int) or isinstance(self.lora_r, bool) or self.lora_r < 0:
+            raise ConfigError(f"TrainConfig.lora_r must be an int >= 0 (0: full fine-tuning), got {self.lora_r!r}.")
+        if not isinstance(self.save_steps, int) or self.save_steps < 0:
+            raise ConfigError(f"TrainConfig.save_steps must be an int >= 0, got {self.save_steps!r}.")
+        if self.save_steps and not self.output_dir:
+            raise ConfigError("TrainConfig.save_steps needs output_dir (where the resumable checkpoints go).")
         if not 0.0 <= self.full_fraction <= 1.0:
             raise ConfigError(f"TrainConfig.full_fraction must be in [0, 1], got {self.full_fraction!r}.")
 
@@ -131,6 +141,8 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
                              label_scope=config.label_scope)
     for i, example in enumerate(examples[:8]):  # fail fast, with the example's index, before Trainer starts
         collator.encode(example, i)
+    if config.lora_r:
+        model = with_lora(model, config.lora_r, config.lora_alpha)
     with tempfile.TemporaryDirectory(prefix="block-ft-") as scratch:
         args = TrainingArguments(
             output_dir=config.output_dir or scratch,
@@ -147,7 +159,9 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
             activation_checkpointing=config.gradient_checkpointing,
             dataloader_pin_memory=False,
             logging_steps=config.logging_steps,
-            save_strategy="no",
+            save_strategy="steps" if config.save_steps else "no",
+            save_steps=config.save_steps or 500,
+            save_total_limit=2,
             report_to="none",
             remove_unused_columns=False,
             dataloader_num_workers=0,
@@ -159,7 +173,7 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
                           callbacks=list(callbacks))
         trainer.remove_callback(PrinterCallback)  # losses are returned (and reported by callbacks), not printed
         start = time.perf_counter()
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=_last_checkpoint(config.output_dir) if config.save_steps else None)
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
     if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
@@ -168,17 +182,51 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
     return TrainResult(model.eval(), int(output.global_step), float(output.training_loss), losses, seconds)
 
 
+def with_lora(model: Any, r: int, alpha: float | None = None) -> Any:
+    """``model`` wrapped in a fresh LoRA adapter (peft) of rank ``r`` on every attention and MLP projection."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("LoRA fine-tuning needs peft; install it with `pip install peft`.") from None
+    targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                      if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")})
+    lora = LoraConfig(r=r, lora_alpha=float(alpha if alpha is not None else 2 * r), lora_dropout=0.0,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _last_checkpoint(output_dir: str | None) -> str | None:
+    """The newest ``checkpoint-N`` folder Trainer wrote under ``output_dir`` (None: start from scratch)."""
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir)
+
+
 def save_finetuned(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], prompt_config: PromptConfig,
-                   trained_with: str) -> Path:
+                   trained_with: str, base_name: str | None = None) -> Path:
     """Save model + tokenizer with the ``block_attention`` record the engine reads (see the module docstring)."""
     if trained_with not in ("block", "mixed", "full"):
         raise ConfigError(f"trained_with must be 'block', 'mixed' or 'full', got {trained_with!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.block_attention = {"prompt_config": dataclasses.asdict(prompt_config), "trained_with": trained_with}
+    record = {"prompt_config": dataclasses.asdict(prompt_config), "trained_with": trained_with}
+    if hasattr(model, "peft_config"):  # a LoRA adapter: its weights (fp16) + the record, not the base model
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in _adapter_state(model).items()}
+        model.save_pretrained(out, state_dict=state)
+        (out / ADAPTER_RECORD).write_text(json.dumps(dict(record, base=base_name or "")) + "\n", encoding="utf-8")
+        return out
+    model.config.block_attention = record
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
 
 
 def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -203,9 +251,11 @@ def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load a causal LM (sdpa attention) and its tokenizer from a local directory or the hub cache."""
+    from ..hf.registry import REAL_MODELS, checkpoint_dir
     from ..models import load_pretrained
 
-    model, tokenizer = load_pretrained(name_or_path, dtype=dtype, model_kwargs={"attn_implementation": "sdpa"})
+    path = str(checkpoint_dir(name_or_path)) if name_or_path in REAL_MODELS else name_or_path
+    model, tokenizer = load_pretrained(path, dtype=dtype, model_kwargs={"attn_implementation": "sdpa"})
     return model, tokenizer
 
 
@@ -214,8 +264,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m block_attention.finetune",
         description="Fine-tune a causal LM with the block-attention mask so it can serve cached blocks.",
     )
-    p.add_argument("--model", required=True, help="HF model id or local directory")
-    p.add_argument("--data", required=True, help="JSONL of {'blocks': [{'text', 'title'?, 'id'?}], 'question', 'answer'}")
+    p.add_argument("--model", required=True, help="HF model id, local directory or built-in name (smollm2-135m)")
+    p.add_argument("--data", required=True,
+                   help="JSONL of {'blocks': [{'text', 'title'?, 'id'?}], 'question', 'answer'}, or facts:N for N "
+                        "generated invented-fact examples (block_attention.finetune.facts, training split)")
+    p.add_argument("--lora-r", type=int, default=0, help="train a LoRA adapter of this rank (0: all weights)")
+    p.add_argument("--lr-scheduler", default="linear", help="transformers scheduler name, e.g. constant_with_warmup")
+    p.add_argument("--logging-steps", type=int, default=10, help="print the running loss every N steps")
+    p.add_argument("--checkpoint-dir", default=None, help="resumable Trainer checkpoints (rerun to resume)")
+    p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (needs --checkpoint-dir)")
     p.add_argument("--out", required=True, help="output directory (model + tokenizer + block_attention record)")
     p.add_argument("--mode", choices=("block", "mixed"), default="block",
                    help="block: every example with the block mask; mixed: a fraction with full attention too")
@@ -236,9 +293,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _progress_printer() -> Any:
+    """A Trainer callback printing each logged loss as one JSON line (flushed: the run is long and backgrounded)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                print(json.dumps({"step": state.global_step, "loss": round(float(logs["loss"]), 4),
+                                  "lr": logs.get("learning_rate"), "time": round(time.time(), 1)}), flush=True)
+
+    return Progress()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    examples = load_examples(args.data)
+    if args.data.startswith("facts:"):
+        from .facts import make_examples
+
+        examples = make_examples(int(args.data.split(":", 1)[1]), split="train", seed=args.seed)
+    else:
+        examples = load_examples(args.data)
     model, tokenizer = load_model(args.model)
     if args.prompt_config:
         prompt_config = PromptConfig(**json.loads(Path(args.prompt_config).read_text(encoding="utf-8")))
@@ -247,9 +322,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = TrainConfig(mode=args.mode, full_fraction=args.full_fraction, epochs=args.epochs,
                          max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          warmup_steps=args.warmup_steps, max_len=args.max_len, seed=args.seed, bf16=args.bf16,
-                         gradient_checkpointing=args.gradient_checkpointing, num_threads=args.threads)
-    result = train(model, tokenizer, examples, config, prompt_config)
-    out = save_finetuned(result.model, tokenizer, args.out, prompt_config, args.mode)
+                         gradient_checkpointing=args.gradient_checkpointing, num_threads=args.threads,
+                         lora_r=args.lora_r, save_steps=args.save_steps, output_dir=args.checkpoint_dir,
+                         lr_scheduler=args.lr_scheduler, logging_steps=args.logging_steps)
+    result = train(model, tokenizer, examples, config, prompt_config, callbacks=[_progress_printer()])
+    out = save_finetuned(result.model, tokenizer, args.out, prompt_config, args.mode, base_name=args.model)
+    (Path(args.out) / "train_log.json").write_text(json.dumps({
+        "model": args.model, "data": args.data, "examples": len(examples), "steps": result.steps,
+        "seconds": round(result.seconds, 1), "losses": result.losses, "config": dataclasses.asdict(config)},
+        default=str) + "\n", encoding="utf-8")
     print(json.dumps({"out": str(out), "steps": result.steps, "train_loss": round(result.train_loss, 6),
                       "seconds": round(result.seconds, 1), "mode": args.mode}))
     return 0
