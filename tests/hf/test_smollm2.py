@@ -48,13 +48,16 @@ def test_block_mode_matches_the_masked_oracle_cold_and_warm_in_any_order(engine)
     assert (full.logits - ref).abs().max().item() > 1e-2  # block attention really differs from full attention
 
 
-def test_an_edited_passage_changes_the_answer(engine):
-    # full attention (the base model reads in full mode; block mode is what fine-tuning restores)
-    changed = 0
-    for example in make_examples(4, split="test", seed=5):
-        before = engine.generate(_blocks(example), example["question"], mode="full", max_new_tokens=24, stop=("\n",))
-        after_ex = edited(example)
-        after = engine.generate(_blocks(after_ex), after_ex["question"], mode="full", max_new_tokens=24,
-                                stop=("\n",))
-        changed += example["answer"] in before.text and after_ex["answer"] in after.text
-    assert changed >= 2, f"the answer followed the edited fact in only {changed} of 4 examples"
+def test_an_edited_passage_changes_the_answer():
+    # the shipped block fine-tune, in block mode, warm: where it answers the original right, it follows the edit
+    followed = answered = 0
+    with load_engine("smollm2-135m-block-ft") as tuned:
+        for example in make_examples(8, split="test", seed=5):
+            before = tuned.generate(_blocks(example), example["question"], max_new_tokens=32, stop=("\n",))
+            if example["value"] not in before.text:
+                continue
+            answered += 1
+            after_ex = edited(example)
+            after = tuned.generate(_blocks(after_ex), after_ex["question"], max_new_tokens=32, stop=("\n",))
+            followed += after_ex["value"] in after.text and example["value"] not in after.text
+    assert answered >= 2 and followed >= answered - 1, f"followed the edit in {followed} of {answered}"
