@@ -1,0 +1,68 @@
+"""Drive a real vLLM engine with the block-attention connector, in vLLM's own venv (a subprocess of the tests).
+
+``python -m block_attention.testing.vllm_driver SPEC.json OUT.json`` reads::
+
+    {"model": DIR, "store": {StoreConfig fields}, "connector": true, "max_model_len": 4096,
+     "steps": [[{"prompt": [ids], "max_tokens": 1, "kv_transfer_params": {...}, "cache_salt": "...",
+                 "logprobs": 20}, ...], ...]}
+
+runs each step's requests as one ``LLM.generate`` batch (float32, greedy, prefix caching on, eager mode) and writes
+``{"steps": [[{"token_ids": [...], "logits": [{token_id: raw logit}, ...] per generated token,
+"kv_transfer_params": {...}}, ...], ...]}``. Logits are vLLM's raw logits (``logprobs_mode="raw_logits"``) of the
+top ``logprobs`` tokens. Only vLLM, torch and this package's connector are imported (not the engine).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+    from vllm.inputs import TokensPrompt
+
+    kwargs: dict[str, Any] = {}
+    if spec.get("connector", True):
+        kwargs["kv_transfer_config"] = KVTransferConfig(
+            kv_connector="BlockAttentionConnector", kv_role="kv_both",
+            kv_connector_module_path="block_attention.vllm_connector.connector",
+            kv_connector_extra_config={"store": spec.get("store", {})})
+    llm = LLM(model=spec["model"], dtype="float32", enforce_eager=True, enable_prefix_caching=True,
+              max_model_len=int(spec.get("max_model_len", 4096)), logprobs_mode="raw_logits", seed=0, **kwargs)
+    steps = []
+    for step in spec["steps"]:
+        prompts, params = [], []
+        for req in step:
+            prompt = TokensPrompt(prompt_token_ids=list(req["prompt"]))
+            if req.get("cache_salt"):
+                prompt["cache_salt"] = req["cache_salt"]
+            prompts.append(prompt)
+            extra = {"kv_transfer_params": req["kv_transfer_params"]} if req.get("kv_transfer_params") else None
+            params.append(SamplingParams(temperature=0.0, max_tokens=int(req.get("max_tokens", 1)),
+                                         logprobs=req.get("logprobs"), extra_args=extra))
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0]
+            logits = [{str(tok): lp.logprob for tok, lp in entry.items()} for entry in (completion.logprobs or [])]
+            results.append({"token_ids": list(completion.token_ids), "logits": logits,
+                            "kv_transfer_params": out.kv_transfer_params})
+        steps.append(results)
+    return {"steps": steps}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = argv
+    with open(spec_path) as f:
+        spec = json.load(f)
+    result = run(spec)
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,334 @@
+"""vLLM v1 KV connector that gives vLLM block attention from this library's KV store.
+
+Load it with ``--kv-transfer-config '{"kv_connector": "BlockAttentionConnector", "kv_role": "kv_both",
+"kv_connector_module_path": "block_attention.vllm_connector.connector", "kv_connector_extra_config": {"store":
+{...StoreConfig fields...}}}'`` (``docs/vllm.md``). Requests carry their block structure in
+``kv_transfer_params["block_attention"]`` (:mod:`.protocol`, built by :mod:`.client`).
+
+Contract:
+
+* **encode** requests (prompt = one block): vLLM computes the block alone at positions ``0..n-1`` with its own
+  batching and kernels; when its prefill is complete, the worker reads the block's KV out of the paged cache and
+  puts it in the store under ``(fingerprint, doc id, hash of the prompt's own token ids)``.
+* **serve** requests: when every block is in the store (checked and fetched on the scheduler side, shapes and
+  dtype checked against the model), ``get_num_new_matched_tokens`` reports the tokens up to the end of the last
+  block as matched; the worker writes each block's KV into the request's paged slots, keys re-rotated to the
+  block's offset (:func:`.paged.placed_context`), through the attention backend's own cache writer. vLLM prefills
+  only the final block. Any missing block, store fault, foreign or corrupt entry, a missing or wrong
+  ``cache_salt``, or a model the capability probe refuses: 0 tokens matched, vLLM computes the prompt itself.
+* ``request_finished`` returns ``{"block_attention": {...}}`` in the output's ``kv_transfer_params``: for serve
+  requests ``hit`` and the ``missing`` doc ids, for encode requests ``stored``.
+* Scheduler and worker run in one process on a single-worker engine (vLLM's UniProc executor): they share one
+  :class:`~block_attention.store.KVStore` per store config (:func:`shared_store`), and fetched KV reaches the
+  worker by reference inside the step's metadata. Tensor/pipeline parallel engines are refused at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from block_attention.errors import BlockAttentionError, UnsupportedModelError
+from block_attention.kv import BlockKV, KVGeometry
+from block_attention.store import CacheKey, KVStore, StoreConfig
+from block_attention.store.keys import token_hash
+from block_attention.vllm_connector import paged, protocol
+from block_attention.vllm_connector.fingerprint import vllm_fingerprint
+from block_attention.vllm_connector.rotary import Rotary, probe
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+logger = logging.getLogger("block_attention.vllm")
+SALTS_KEPT = 100_000  # layouts whose vLLM prefix-cache blocks are known to hold block KV
+
+_stores: dict[StoreConfig, KVStore] = {}
+_stores_lock = threading.Lock()
+
+
+def shared_store(config: StoreConfig) -> KVStore:
+    """The process's one :class:`KVStore` for ``config`` (the scheduler- and worker-side connectors share it)."""
+    with _stores_lock:
+        store = _stores.get(config)
+        if store is None:
+            store = _stores[config] = KVStore(config)
+        return store
+
+
+@dataclass
+class _Load:
+    req_id: str
+    block_ids: list[int]
+    start: int
+    end: int
+    blocks: list[tuple[BlockKV, int]]  # (stored KV, offset), tiling [0, end)
+
+
+@dataclass
+class _Save:
+    key: CacheKey
+    block_ids: list[int]
+    n_tokens: int
+
+
+@dataclass
+class BlockAttentionMetadata(KVConnectorMetadata):
+    loads: list[_Load] = field(default_factory=list)
+    saves: list[_Save] = field(default_factory=list)
+
+
+@dataclass
+class _Encode:
+    key: CacheKey
+    n_tokens: int
+    block_ids: list[int] = field(default_factory=list)
+    computed: int = 0
+
+
+@dataclass
+class _Plan:
+    request: protocol.BlockRequest
+    blocks: list[tuple[BlockKV, int]]
+
+
+class BlockAttentionConnector(KVConnectorBase_V1):
+    """Serves block KV from the library's store to vLLM (see the module docstring)."""
+
+    def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: "KVCacheConfig") -> None:
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
+        self._store = shared_store(StoreConfig(**extra.get("store", {})))
+        self._block_size = int(vllm_config.cache_config.block_size)
+        model = vllm_config.model_config
+        self.disabled: str | None = None
+        self.rotary: Rotary | None = None
+        self.fingerprint = ""
+        self._geometry = KVGeometry(int(model.hf_text_config.num_hidden_layers), int(model.get_total_num_kv_heads()),
+                                    int(model.get_head_size()), model.dtype)
+        try:
+            self._check_engine(vllm_config, kv_cache_config)
+            self.rotary = probe(model)
+            self.fingerprint = vllm_fingerprint(
+                model.model, dtype=str(model.dtype), kv_cache_dtype=str(vllm_config.cache_config.cache_dtype),
+                quantization=model.quantization, hf_config=model.hf_config.to_dict(), revision=model.revision)
+        except BlockAttentionError as exc:
+            self.disabled = str(exc)
+            logger.warning("Block attention is off for this engine (every request is computed by vLLM): %s", exc)
+        else:
+            logger.info("Block attention connector (%s) on, fingerprint %s, store %s.", role.name, self.fingerprint,
+                        self._store.config)
+        # scheduler side
+        self._plans: dict[str, _Plan] = {}
+        self._loads: dict[str, tuple[_Plan, int]] = {}
+        self._encodes: dict[str, _Encode] = {}
+        self._outcomes: dict[str, dict[str, Any]] = {}
+        self._block_salts: OrderedDict[str, None] = OrderedDict()
+        # worker side
+        self._layers: dict[str, int] = {}
+
+    def _check_engine(self, vllm_config: "VllmConfig", kv_cache_config: "KVCacheConfig") -> None:
+        parallel = vllm_config.parallel_config
+        if parallel.tensor_parallel_size != 1 or parallel.pipeline_parallel_size != 1:
+            raise UnsupportedModelError("Tensor/pipeline parallel engines are not supported by this connector yet "
+                                        "(tested: one worker); run replicas with tensor_parallel_size=1.")
+        model = vllm_config.model_config
+        if model.use_mla or model.get_sliding_window() is not None:
+            raise UnsupportedModelError("Multi-head latent attention and sliding-window models are not verified with "
+                                        "this connector; use a full-attention RoPE model.")
+        if str(vllm_config.cache_config.cache_dtype) != "auto":
+            raise UnsupportedModelError(f"KV cache dtype {vllm_config.cache_config.cache_dtype!r} is not supported; "
+                                        "use kv_cache_dtype='auto' (the model dtype).")
+        if len(kv_cache_config.kv_cache_groups) != 1:
+            raise UnsupportedModelError("Hybrid KV caches (several KV cache groups) are not supported by this "
+                                        "connector; use a model with one attention type.")
+
+    # ==============================================================================================================
+    # scheduler side
+    # ==============================================================================================================
+    def _parse(self, request: "Request") -> protocol.BlockRequest | None:
+        try:
+            return protocol.parse(request.kv_transfer_params, len(request.prompt_token_ids or []))
+        except BlockAttentionError as exc:
+            logger.warning("Request %s: ignoring its block structure (%s)", request.request_id, exc)
+            return None
+
+    def _key(self, doc_id: str, token_ids: list[int]) -> CacheKey:
+        return CacheKey(self.fingerprint, doc_id, token_hash(token_ids))
+
+    def get_num_new_matched_tokens(self, request: "Request", num_computed_tokens: int) -> tuple[int | None, bool]:
+        if self.disabled is not None:
+            return 0, False
+        breq = self._parse(request)
+        if breq is None:
+            return 0, False
+        req_id, prompt = request.request_id, list(request.prompt_token_ids or [])
+        if breq.role == "encode":
+            self._encodes.setdefault(req_id, _Encode(self._key(breq.blocks[0].doc_id, prompt), len(prompt)))
+            return 0, False
+        salt = protocol.cache_salt(breq)
+        if request.cache_salt != salt:
+            self._outcomes[req_id] = {"hit": False, "reason": "cache_salt"}
+            logger.warning("Request %s carries block structure without its cache_salt %r; computed by vLLM (build "
+                           "requests with block_attention.vllm_connector.client).", req_id, salt)
+            return 0, False
+        context = breq.context_len
+        if num_computed_tokens >= context:
+            return 0, False  # vLLM's own prefix cache (same salt: same layout, block KV) covers every block
+        if num_computed_tokens > 0 and salt not in self._block_salts:
+            return 0, False  # cached blocks of this layout hold what vLLM computed on an earlier miss: keep to that
+        plan = self._plans.get(req_id) or self._fetch(req_id, breq, prompt)
+        if plan is None:
+            return 0, False
+        return context - num_computed_tokens, False
+
+    def _fetch(self, req_id: str, breq: protocol.BlockRequest, prompt: list[int]) -> _Plan | None:
+        blocks, missing = [], []
+        for ref, start, end in breq.spans():
+            try:
+                hit = self._store.lookup(self._key(ref.doc_id, prompt[start:end]), "cpu",
+                                         expect=(self._geometry, end - start))
+            except Exception as exc:  # noqa: BLE001 - a store fault of any kind is a miss, never a failed request
+                logger.warning("Block store lookup failed (%s: %s); computing the request with vLLM.",
+                               type(exc).__name__, exc)
+                hit = None
+            if hit is None:
+                missing.append(ref.doc_id)
+            else:
+                blocks.append((hit.kv, start))
+        if missing:
+            self._outcomes[req_id] = {"hit": False, "missing": missing}
+            return None
+        plan = self._plans[req_id] = _Plan(breq, blocks)
+        return plan
+
+    def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
+        plan = self._plans.get(request.request_id)
+        if num_external_tokens > 0 and plan is not None:
+            self._loads[request.request_id] = (plan, plan.request.context_len - num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
+        meta = BlockAttentionMetadata()
+        scheduled = scheduler_output.num_scheduled_tokens
+        for new in scheduler_output.scheduled_new_reqs:
+            block_ids = list(new.block_ids[0])
+            if new.req_id in self._loads:
+                plan, start = self._loads.pop(new.req_id)
+                meta.loads.append(_Load(new.req_id, block_ids, start, plan.request.context_len, plan.blocks))
+                self._outcomes[new.req_id] = {"hit": True, "loaded_tokens": plan.request.context_len - start}
+                self._remember_salt(protocol.cache_salt(plan.request))
+            if (enc := self._encodes.get(new.req_id)) is not None:
+                enc.block_ids, enc.computed = block_ids, new.num_computed_tokens + scheduled.get(new.req_id, 0)
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            enc = self._encodes.get(req_id)
+            if enc is None:
+                continue
+            new_ids = cached.new_block_ids[i]
+            if new_ids is not None:
+                enc.block_ids = list(new_ids[0]) if req_id in cached.resumed_req_ids else enc.block_ids + list(new_ids[0])
+            enc.computed = cached.num_computed_tokens[i] + scheduled.get(req_id, 0)
+        for req_id, enc in list(self._encodes.items()):
+            if enc.block_ids and enc.computed >= enc.n_tokens:
+                meta.saves.append(_Save(enc.key, enc.block_ids, enc.n_tokens))
+                self._outcomes[req_id] = {"stored": True}
+                del self._encodes[req_id]
+        return meta
+
+    def _remember_salt(self, salt: str) -> None:
+        self._block_salts[salt] = None
+        self._block_salts.move_to_end(salt)
+        while len(self._block_salts) > SALTS_KEPT:
+            self._block_salts.popitem(last=False)
+
+    def request_finished(self, request: "Request", block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        req_id = request.request_id
+        self._plans.pop(req_id, None)
+        self._loads.pop(req_id, None)
+        self._encodes.pop(req_id, None)
+        outcome = self._outcomes.pop(req_id, None)
+        return False, ({protocol.PARAM: outcome} if outcome is not None else None)
+
+    # ==============================================================================================================
+    # worker side
+    # ==============================================================================================================
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        self._layers = {name: extract_layer_index(name) for name in kv_caches}
+        if self.disabled is None:
+            self._check_layout(next(iter(kv_caches)))
+
+    def _layer(self, name: str) -> Any:
+        return self._vllm_config.compilation_config.static_forward_context[name]
+
+    def _check_layout(self, name: str) -> None:
+        """The backend's writer and :func:`paged.read_slots` must agree; checked on the reserved null block 0."""
+        layer = self._layer(name)
+        cache = layer.kv_cache
+        heads, head = self._geometry.kv_heads, self._geometry.head_dim
+        gen = torch.Generator().manual_seed(1)
+        keys = torch.randn(self._block_size, heads, head, generator=gen).to(cache.dtype)  # [bs, H, D]
+        values = torch.randn(self._block_size, heads, head, generator=gen).to(cache.dtype)  # [bs, H, D]
+        slot_ids = paged.slots([0], self._block_size, 0, self._block_size)  # [bs]
+        saved = cache[0].clone()
+        try:
+            layer.impl.do_kv_cache_update(layer, keys, values, cache, slot_ids)
+            got_k, got_v = paged.read_slots(cache, slot_ids)  # [H, bs, D] each
+        finally:
+            cache[0].copy_(saved)
+        if not (torch.equal(got_k, keys.transpose(0, 1)) and torch.equal(got_v, values.transpose(0, 1))):
+            raise UnsupportedModelError(
+                f"The attention backend {type(layer.impl).__name__} lays out its KV cache differently from what the "
+                "block-attention connector reads; remove the connector from kv_transfer_config or use the CPU backend.")
+
+    def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, BlockAttentionMetadata)
+        assert self.rotary is not None or not meta.loads
+        for load in meta.loads:
+            placed = paged.placed_context(load.blocks, load.start, load.end, self.rotary.inv_freq,
+                                          self.rotary.interleaved)  # [L, H, T, D]
+            slot_ids = paged.slots(load.block_ids, self._block_size, load.start, load.end)  # [T]
+            for name, index in self._layers.items():
+                layer = self._layer(name)
+                keys = placed.keys[index].transpose(0, 1).contiguous()  # [T, H, D]
+                values = placed.values[index].transpose(0, 1).contiguous()  # [T, H, D]
+                layer.impl.do_kv_cache_update(layer, keys, values, layer.kv_cache, slot_ids)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any, **kwargs: Any) -> None:
+        return  # encoded blocks are read once their prefill is complete, in wait_for_save
+
+    def wait_for_save(self) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, BlockAttentionMetadata)
+        for save in meta.saves:
+            try:
+                if self._store.contains(save.key):
+                    continue
+                slot_ids = paged.slots(save.block_ids, self._block_size, 0, save.n_tokens)  # [n]
+                per_layer = sorted(self._layers.items(), key=lambda item: item[1])
+                read = [paged.read_slots(self._layer(name).kv_cache, slot_ids) for name, _ in per_layer]
+                keys = torch.stack([k for k, _ in read])  # [L, H, n, D]
+                values = torch.stack([v for _, v in read])  # [L, H, n, D]
+                self._store.put(save.key, BlockKV(keys, values))
+            except Exception as exc:  # noqa: BLE001 - a failed save is a future miss, not a failed request
+                logger.warning("Storing block %r failed (%s: %s); it will be encoded again.", save.key.doc_id,
+                               type(exc).__name__, exc)
