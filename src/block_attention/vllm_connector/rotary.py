@@ -4,7 +4,9 @@ The probe builds the rotary module the model's attention uses (``get_rope`` with
 limit and ``rope_parameters``; vLLM caches the module, so the Llama-family models listed in :data:`ARCHITECTURES`
 get the very same instance) and measures, on seeded random keys, that keys rotated by vLLM at positions
 ``p..p+n-1`` equal the keys rotated at ``0..n-1`` moved by ``p`` with the library's one float32 rotation (rotate-half
-or interleaved, whichever fits). Architectures outside the list, rotary types that depend on the sequence length,
+or interleaved, whichever fits; within the engine's probe tolerance, since vLLM's float32 angle ``(t + p) * f`` and
+the composed ``t * f + p * f`` round differently at large positions; a wrong layout or frequency is off by O(1)).
+Architectures outside the list, rotary types that depend on the sequence length,
 and a probe error above tolerance are refused: the connector then serves nothing (every request is a miss).
 """
 
@@ -16,14 +18,13 @@ from typing import Any
 import torch
 
 from block_attention.errors import UnsupportedModelError
-from block_attention.rope import rotate_block_into
+from block_attention.rope import PROBE_TOLERANCE, rotate_block_into
 
 # Architectures whose vLLM attention builds its rotary exactly as the probe does (get_rope(head_dim,
 # max_position_embeddings, rope_parameters, is_neox_style=True)); checked in vLLM 0.32.0's model files.
 ARCHITECTURES = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"})
 POSITION_DEPENDENT = frozenset({"dynamic", "longrope"})
 PROBE_TOKENS, PROBE_SHIFTS = 6, (1, 37, 1021)
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,15 @@ class Rotary:
     interleaved: bool
 
 
-def probe(model_config: Any) -> Rotary:
-    """The rotation of ``model_config``'s model, measured; raises :class:`UnsupportedModelError` when refused."""
+def probe(vllm_config: Any) -> Rotary:
+    """The rotation of the engine's model, measured; raises :class:`UnsupportedModelError` when refused."""
+    from vllm.config import set_current_vllm_config
+
+    with set_current_vllm_config(vllm_config):  # vLLM's custom ops dispatch on the current config
+        return _probe(vllm_config.model_config)
+
+
+def _probe(model_config: Any) -> Rotary:
     from vllm.model_executor.layers.rotary_embedding import get_rope
 
     archs = set(getattr(model_config.hf_config, "architectures", None) or [])
@@ -68,7 +76,7 @@ def probe(model_config: Any) -> Rotary:
         for interleaved in worst:
             moved = rotate_block_into(torch.empty_like(at_zero), at_zero, shift, inv_freq, interleaved)  # [1, n, D]
             worst[interleaved] = max(worst[interleaved], float((moved - target).abs().max()) / scale)
-    tol = TOLERANCE.get(dtype, 2e-2)
+    tol = PROBE_TOLERANCE.get(dtype, 5e-2)  # the engine's probe tolerance: float32 angles of large positions
     for interleaved in (False, True):
         if worst[interleaved] <= tol:
             return Rotary(inv_freq, interleaved)
