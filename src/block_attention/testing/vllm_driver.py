@@ -4,12 +4,14 @@
 
     {"model": DIR, "store": {StoreConfig fields}, "connector": true, "max_model_len": 4096,
      "steps": [[{"prompt": [ids], "max_tokens": 1, "kv_transfer_params": {...}, "cache_salt": "...",
-                 "logprobs": 20}, ...], ...]}
+                 "logprobs": 20}, ...], {"op": "forge", "doc_id": ID, "prompt": [ids]}, ...]}
 
-runs each step's requests as one ``LLM.generate`` batch (float32, greedy, prefix caching on, eager mode) and writes
-``{"steps": [[{"token_ids": [...], "logits": [{token_id: raw logit}, ...] per generated token,
-"kv_transfer_params": {...}}, ...], ...]}``. Logits are vLLM's raw logits (``logprobs_mode="raw_logits"``) of the
-top ``logprobs`` tokens. Only vLLM, torch and this package's connector are imported (not the engine).
+runs each list step's requests as one ``LLM.generate`` batch (float32, greedy, prefix caching on, eager mode) and
+writes ``{"fingerprint": FP, "steps": [[{"token_ids": [...], "logits": [{token_id: raw logit}, ...] per generated
+token, "kv_transfer_params": {...}}, ...], ...]}``. Logits are vLLM's raw logits (``logprobs_mode="raw_logits"``)
+of the top ``logprobs`` tokens. A ``forge`` step writes a foreign entry (one layer too few) under the key the
+connector would use for that block, into the store's disk tier (its result is ``[]``). Only vLLM, torch and this
+package's connector are imported (not the engine).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+
+from block_attention.store import CacheKey
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -32,8 +36,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             kv_connector_extra_config={"store": spec.get("store", {})}, kv_load_failure_policy="recompute")
     llm = LLM(model=spec["model"], dtype="float32", enforce_eager=True, enable_prefix_caching=True,
               max_model_len=int(spec.get("max_model_len", 4096)), logprobs_mode="raw_logits", seed=0, **kwargs)
-    steps = []
+    from block_attention.store.keys import token_hash
+    from block_attention.vllm_connector.fingerprint import engine_fingerprint
+
+    fingerprint = engine_fingerprint(llm.llm_engine.vllm_config)
+    steps: list[list[dict[str, Any]]] = []
     for step in spec["steps"]:
+        if isinstance(step, dict):
+            forge(spec, CacheKey(fingerprint, step["doc_id"], token_hash(step["prompt"])), len(step["prompt"]),
+                  llm.llm_engine.vllm_config.model_config)
+            steps.append([])
+            continue
         prompts, params = [], []
         for req in step:
             prompt = TokensPrompt(prompt_token_ids=list(req["prompt"]))
@@ -51,7 +64,21 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             results.append({"token_ids": list(completion.token_ids), "logits": logits,
                             "kv_transfer_params": out.kv_transfer_params})
         steps.append(results)
-    return {"steps": steps}
+    return {"fingerprint": fingerprint, "steps": steps}
+
+
+def forge(spec: dict[str, Any], key: Any, n_tokens: int, model_config: Any) -> None:
+    """Put a well-formed entry of the wrong geometry (one layer too few) under ``key`` in the disk tier."""
+    import torch
+
+    from block_attention.kv import BlockKV
+    from block_attention.store import KVStore, StoreConfig
+
+    layers = int(model_config.hf_text_config.num_hidden_layers) - 1
+    shape = (layers, int(model_config.get_total_num_kv_heads()), n_tokens, int(model_config.get_head_size()))
+    config = StoreConfig(memory_bytes=0, disk_dir=spec["store"]["disk_dir"])
+    with KVStore(config) as store:
+        store.put(key, BlockKV(torch.ones(shape), torch.ones(shape)))
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 
 from block_attention.errors import BlockAttentionError, ConfigError, UnsupportedModelError
@@ -48,7 +49,7 @@ from block_attention.kv import BlockKV, KVGeometry
 from block_attention.store import CacheKey, KVStore, StoreConfig
 from block_attention.store.keys import token_hash
 from block_attention.vllm_connector import paged, protocol
-from block_attention.vllm_connector.fingerprint import vllm_fingerprint
+from block_attention.vllm_connector.fingerprint import engine_fingerprint
 from block_attention.vllm_connector.rotary import Rotary, probe
 
 if TYPE_CHECKING:
@@ -98,6 +99,17 @@ class BlockAttentionMetadata(KVConnectorMetadata):
 
 
 @dataclass
+class FailedLoads(KVConnectorWorkerMetadata):
+    """Worker -> scheduler: requests whose blocks failed to load this step (recomputed by vLLM)."""
+
+    req_ids: set[str] = field(default_factory=set)
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        assert isinstance(other, FailedLoads)
+        return FailedLoads(self.req_ids | other.req_ids)
+
+
+@dataclass
 class _Encode:
     key: CacheKey
     n_tokens: int
@@ -135,9 +147,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
                                   "{'store': {'disk_dir': ...}} or {'store': {'remote_url': 'redis://...'}}.")
             self._check_engine(vllm_config, kv_cache_config)
             self.rotary = probe(vllm_config)
-            self.fingerprint = vllm_fingerprint(
-                model.model, dtype=str(model.dtype), kv_cache_dtype=str(vllm_config.cache_config.cache_dtype),
-                quantization=model.quantization, hf_config=model.hf_config.to_dict(), revision=model.revision)
+            self.fingerprint = engine_fingerprint(vllm_config)
         except BlockAttentionError as exc:
             self.disabled = str(exc)
             logger.warning("Block attention is off for this engine (every request is computed by vLLM): %s", exc)
@@ -150,6 +160,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         self._encodes: dict[str, _Encode] = {}
         self._outcomes: dict[str, dict[str, Any]] = {}
         self._block_salts: OrderedDict[str, None] = OrderedDict()
+        self._salt_of: dict[str, str] = {}
         if role == KVConnectorRole.SCHEDULER and self._kv_transfer_config.kv_load_failure_policy != "recompute":
             logger.warning("kv_load_failure_policy is %r: a block that fails to load on the worker fails its request; "
                            "set it to 'recompute' to compute such requests instead.",
@@ -157,6 +168,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         # worker side
         self._layers: dict[str, int] = {}
         self._failed: set[int] = set()
+        self._failed_reqs: set[str] = set()
 
     def _check_engine(self, vllm_config: "VllmConfig", kv_cache_config: "KVCacheConfig") -> None:
         parallel = vllm_config.parallel_config
@@ -248,7 +260,8 @@ class BlockAttentionConnector(KVConnectorBase_V1):
                 meta.loads.append(_Load(new.req_id, block_ids, start, plan.request.context_len, plan.blocks))
                 self._plans.pop(new.req_id, None)
                 self._outcomes[new.req_id] = {"hit": True, "loaded_tokens": plan.request.context_len - start}
-                self._remember_salt(protocol.cache_salt(plan.request))
+                self._salt_of[new.req_id] = protocol.cache_salt(plan.request)
+                self._remember_salt(self._salt_of[new.req_id])
             if (enc := self._encodes.get(new.req_id)) is not None:
                 enc.block_ids, enc.computed = block_ids, new.num_computed_tokens + scheduled.get(new.req_id, 0)
         cached = scheduler_output.scheduled_cached_reqs
@@ -267,6 +280,15 @@ class BlockAttentionConnector(KVConnectorBase_V1):
                 del self._encodes[req_id]
         return meta
 
+    def update_connector_output(self, connector_output: Any) -> None:
+        meta = getattr(connector_output, "kv_connector_worker_meta", None)
+        if isinstance(meta, FailedLoads):
+            for req_id in meta.req_ids:
+                self._outcomes[req_id] = {"hit": False, "reason": "load_failed"}
+                salt = self._salt_of.pop(req_id, None)
+                if salt is not None:  # vLLM recomputes it with full attention into blocks under this salt
+                    self._block_salts.pop(salt, None)
+
     def _remember_salt(self, salt: str) -> None:
         self._block_salts[salt] = None
         self._block_salts.move_to_end(salt)
@@ -278,6 +300,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         self._plans.pop(req_id, None)
         self._loads.pop(req_id, None)
         self._encodes.pop(req_id, None)
+        self._salt_of.pop(req_id, None)
         outcome = self._outcomes.pop(req_id, None)
         return False, ({protocol.PARAM: outcome} if outcome is not None else None)
 
@@ -336,6 +359,12 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         failed, self._failed = self._failed, set()
         return failed
 
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        if not self._failed_reqs:
+            return None
+        failed, self._failed_reqs = self._failed_reqs, set()
+        return FailedLoads(failed)
+
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, BlockAttentionMetadata)
@@ -345,6 +374,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
             if blocks is None:
                 first, last = load.start // self._block_size, -(-load.end // self._block_size)
                 self._failed.update(load.block_ids[first:last])
+                self._failed_reqs.add(load.req_id)
                 continue
             placed = paged.placed_context(blocks, load.start, load.end, self.rotary.inv_freq,
                                           self.rotary.interleaved)  # [L, H, T, D]
