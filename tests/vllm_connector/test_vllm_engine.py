@@ -18,7 +18,6 @@ it can tell block KV from a silent full-attention fallback).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import pytest
 import torch
 
 from block_attention import Block, BlockAttentionEngine, StoreConfig
-from block_attention.testing import smollm2
 from block_attention.vllm_connector import client
+
+from vllm_helpers import require_vllm, smollm2_folder, vllm_env
 
 pytestmark = pytest.mark.slow
 
@@ -53,30 +53,10 @@ FORGED = Block("This passage's key holds a foreign entry with one layer too few.
 ORDERS = [(0, 1, 2, 3), (3, 2, 1, 0), (2, 0, 3, 1)]
 
 
-def _vllm_env() -> dict[str, str]:
-    extra = os.environ.get("BA_VLLM_PYTHONPATH", "")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), extra) if p),
-           "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
-def _require_vllm() -> None:
-    if not VLLM_PYTHON.exists():
-        pytest.skip(f"no vLLM venv at {VLLM_PYTHON}; install it: {INSTALL}")
-    probe = subprocess.run([str(VLLM_PYTHON), "-c", "import vllm, xxhash, block_attention.vllm_connector.connector"],
-                           env=_vllm_env(), capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        pytest.skip(f"the vLLM venv cannot import the connector ({probe.stderr.strip().splitlines()[-1:]}); {INSTALL}")
-
-
 @pytest.fixture(scope="module")
 def engine():
-    try:
-        folder = smollm2.checkpoint()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    eng = BlockAttentionEngine.from_pretrained(str(folder), dtype=torch.float32, store=StoreConfig(memory_bytes=1 << 28))
+    eng = BlockAttentionEngine.from_pretrained(str(smollm2_folder()), dtype=torch.float32,
+                                               store=StoreConfig(memory_bytes=1 << 28))
     yield eng
     eng.close()
 
@@ -91,7 +71,7 @@ def _plain(plan, **sampling):
 
 @pytest.fixture(scope="module")
 def vllm_run(engine, tmp_path_factory):
-    _require_vllm()
+    vllm_python = require_vllm()
     work = tmp_path_factory.mktemp("vllm")
     sampling = {"max_tokens": NEW_TOKENS, "logprobs": 20}
     plans = [_plan(engine, [DOCS[i] for i in order]) for order in ORDERS]
@@ -108,11 +88,11 @@ def vllm_run(engine, tmp_path_factory):
         [forged.serve_body(**sampling), _plain(forged, **sampling)],
         [plans[0].serve_body(**sampling)],  # again: vLLM's prefix cache (same salt) holds the block KV now
     ]
-    spec = {"model": str(smollm2.checkpoint()), "store": {"memory_bytes": 1 << 28, "disk_dir": str(work / "kv")},
+    spec = {"model": str(smollm2_folder()), "store": {"memory_bytes": 1 << 28, "disk_dir": str(work / "kv")},
             "steps": steps}
     (work / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.run([str(VLLM_PYTHON), "-m", "block_attention.testing.vllm_driver", str(work / "spec.json"),
-                           str(work / "out.json")], env=_vllm_env(), cwd=work, capture_output=True, text=True,
+    proc = subprocess.run([str(vllm_python), "-m", "block_attention.testing.vllm_driver", str(work / "spec.json"),
+                           str(work / "out.json")], env=vllm_env(), cwd=work, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     out = json.loads((work / "out.json").read_text())

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from block_attention.store import CacheKey
+from block_attention.vllm_connector.launch import kv_transfer_config
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -30,10 +31,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = {}
     if spec.get("connector", True):
-        kwargs["kv_transfer_config"] = KVTransferConfig(
-            kv_connector="BlockAttentionConnector", kv_role="kv_both",
-            kv_connector_module_path="block_attention.vllm_connector.connector",
-            kv_connector_extra_config={"store": spec.get("store", {})}, kv_load_failure_policy="recompute")
+        kwargs["kv_transfer_config"] = KVTransferConfig(**kv_transfer_config(spec.get("store", {})))
     llm = LLM(model=spec["model"], dtype="float32", enforce_eager=True, enable_prefix_caching=True,
               max_model_len=int(spec.get("max_model_len", 4096)), logprobs_mode="raw_logits", seed=0, **kwargs)
     from block_attention.store.keys import token_hash

@@ -271,7 +271,8 @@ class BlockAttentionConnector(KVConnectorBase_V1):
                 continue
             new_ids = cached.new_block_ids[i]
             if new_ids is not None:
-                enc.block_ids = list(new_ids[0]) if req_id in cached.resumed_req_ids else enc.block_ids + list(new_ids[0])
+                resumed = req_id in cached.resumed_req_ids  # a resumed request lists all its blocks anew
+                enc.block_ids = list(new_ids[0]) if resumed else enc.block_ids + list(new_ids[0])
             enc.computed = cached.num_computed_tokens[i] + scheduled.get(req_id, 0)
         for req_id, enc in list(self._encodes.items()):
             if enc.block_ids and enc.computed >= enc.n_tokens:

@@ -73,6 +73,7 @@ def vllm_fingerprint(folder: str | os.PathLike[str], *, dtype: str, kv_cache_dty
 def engine_fingerprint(vllm_config: Any) -> Fingerprint:
     """:func:`vllm_fingerprint` of the checkpoint and settings of a vLLM engine's ``VllmConfig``."""
     model = vllm_config.model_config
-    return vllm_fingerprint(model.model, dtype=str(model.dtype), kv_cache_dtype=str(vllm_config.cache_config.cache_dtype),
+    return vllm_fingerprint(model.model, dtype=str(model.dtype),
+                            kv_cache_dtype=str(vllm_config.cache_config.cache_dtype),
                             quantization=model.quantization, hf_config=model.hf_config.to_dict(),
                             revision=model.revision)
