@@ -87,6 +87,7 @@ def vllm_run(engine, tmp_path_factory):
         {"op": "forge", "doc_id": forged_block.doc_id, "prompt": list(forged_block.token_ids)},
         [forged.serve_body(**sampling), _plain(forged, **sampling)],
         [plans[0].serve_body(**sampling)],  # again: vLLM's prefix cache (same salt) holds the block KV now
+        plans[1].encode_bodies(),  # every block is stored already: loaded, not computed or stored again
     ]
     spec = {"model": str(smollm2_folder()), "store": {"memory_bytes": 1 << 28, "disk_dir": str(work / "kv")},
             "steps": steps}
@@ -113,9 +114,11 @@ def _gap_between(a: dict[int, float], b: dict[int, float]) -> float:
     return max(abs(a[i] - b[i]) for i in shared)
 
 
-def test_encode_requests_store_every_block(vllm_run):
+def test_encode_requests_store_every_block_once(vllm_run):
     plans, _, _, steps = vllm_run
     assert [r["kv_transfer_params"]["block_attention"] for r in steps[0]] == [{"stored": True}] * 5
+    assert [r["kv_transfer_params"]["block_attention"] for r in steps[7]] == [{"stored": True, "cached": True}] * 5
+    assert [r["token_ids"] for r in steps[7]] == [steps[0][i]["token_ids"] for i in (0, 4, 3, 2, 1)]  # order 2
 
 
 @pytest.mark.parametrize("which", range(len(ORDERS)))

@@ -19,7 +19,8 @@ def vllm_env() -> dict[str, str]:
     """The environment of a vLLM subprocess: this checkout's src first (plus BA_VLLM_PYTHONPATH), CPU settings."""
     extra = os.environ.get("BA_VLLM_PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), extra) if p),
-           "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+           "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
     return env
 

