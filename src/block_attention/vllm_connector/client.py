@@ -1,0 +1,101 @@
+"""Client side of block attention on vLLM: request bodies rendered by the engine's own prompt builder.
+
+* :func:`plan` renders ``(blocks, question)`` with :class:`~block_attention.prompt.PromptBuilder` (the exact token
+  layout the engine uses: prefix block, one block per passage, final block) into a :class:`Plan`.
+* :meth:`Plan.serve_body` is the body of a ``/v1/completions`` request (token-id prompt, ``kv_transfer_params`` and
+  ``cache_salt``); :meth:`Plan.encode_bodies` are the prefill-only requests (``max_tokens=1``) that make vLLM
+  encode blocks alone and store them. With the OpenAI client pass everything but ``prompt`` as ``extra_body``
+  (:func:`extra_body`).
+* :func:`complete` runs one request over HTTP: ``encode="missing"`` (default) sends the serve request, and when
+  the server reports missing blocks (that answer was computed by vLLM with full attention: a miss) encodes them so
+  the next request hits; ``"first"`` encodes every block before serving (always block attention; cached blocks
+  cost one prefill each); ``"never"`` only serves.
+
+Needs only the tokenizer of the served checkpoint and this package (no vLLM, no torch model).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from block_attention.blocks import Block, as_blocks, check_unique_ids
+from block_attention.layout import PromptLayout
+from block_attention.prompt import Message, PromptBuilder
+from block_attention.vllm_connector.protocol import PARAM, BlockRef, BlockRequest, cache_salt
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One request's token layout and its block structure."""
+
+    layout: PromptLayout
+    request: BlockRequest | None  # None: no cacheable block (a plain request)
+
+    def serve_body(self, **sampling: Any) -> dict[str, Any]:
+        """``/v1/completions`` body of the request (``sampling``: max_tokens, temperature, logprobs, ...)."""
+        body: dict[str, Any] = {"prompt": self.layout.input_ids(), **sampling}
+        if self.request is not None:
+            body["kv_transfer_params"] = self.request.to_params()
+            body["cache_salt"] = cache_salt(self.request)
+        return body
+
+    def encode_bodies(self, doc_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Prefill-only bodies that store blocks (all, or those in ``doc_ids``), each encoded alone."""
+        wanted = None if doc_ids is None else set(doc_ids)
+        return [{"prompt": list(b.token_ids), "max_tokens": 1,
+                 "kv_transfer_params": BlockRequest("encode", (BlockRef(b.doc_id, len(b.token_ids)),)).to_params()}
+                for b in self.layout.blocks if wanted is None or b.doc_id in wanted]
+
+
+def plan(builder: PromptBuilder, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
+         history: Sequence[Message] = ()) -> Plan:
+    """The request's layout, rendered exactly as :class:`~block_attention.BlockAttentionEngine` renders it."""
+    blocks = as_blocks(blocks)
+    check_unique_ids(blocks)
+    layout = builder.layout(blocks, question, system, history)
+    refs = tuple(BlockRef(b.doc_id, len(b.token_ids)) for b in layout.blocks)
+    return Plan(layout, BlockRequest("serve", refs) if refs else None)
+
+
+def extra_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``body`` the OpenAI client passes as ``extra_body`` (all but ``prompt`` and ``model``)."""
+    return {k: v for k, v in body.items() if k not in ("prompt", "model")}
+
+
+def outcome(response: dict[str, Any]) -> dict[str, Any]:
+    """What the connector did for a response (``{}`` when it reported nothing)."""
+    params = response.get("kv_transfer_params") or {}
+    return dict(params.get(PARAM) or {})
+
+
+def post(base_url: str, body: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
+    """POST ``body`` to ``{base_url}/v1/completions`` and return the JSON response."""
+    req = urllib.request.Request(base_url.rstrip("/") + "/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the caller's own server URL
+        return json.loads(resp.read())
+
+
+def complete(base_url: str, model: str, request: Plan, *, encode: Literal["missing", "first", "never"] = "missing",
+             timeout_s: float = 600.0, **sampling: Any) -> dict[str, Any]:
+    """Serve ``request`` from a vLLM server running the connector (see the module docstring for ``encode``)."""
+    def send(body: dict[str, Any]) -> dict[str, Any]:
+        return post(base_url, {"model": model, **body}, timeout_s)
+
+    def encode_all(doc_ids: Sequence[str] | None) -> None:
+        bodies = request.encode_bodies(doc_ids)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(bodies)))) as pool:  # vLLM batches them
+            list(pool.map(send, bodies))
+
+    if encode == "first" and request.request is not None:
+        encode_all(None)
+    response = send(request.serve_body(**sampling))
+    missing = outcome(response).get("missing")
+    if encode == "missing" and missing:
+        encode_all(missing)
+    return response
