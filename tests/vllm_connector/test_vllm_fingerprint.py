@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.vllm_connector.fingerprint import checkpoint_digest, vllm_fingerprint
 
 SETTINGS = dict(dtype="torch.float32", kv_cache_dtype="auto", quantization=None, revision=None)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.vllm_connector import launch
 
 

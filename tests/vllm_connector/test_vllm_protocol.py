@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from block_attention.errors import InvalidRequestError
+from block_attention.core.errors import InvalidRequestError
 from block_attention.vllm_connector.protocol import PARAM, BlockRef, BlockRequest, cache_salt, parse
 
 

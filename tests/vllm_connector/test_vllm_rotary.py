@@ -15,7 +15,7 @@ import json
 from types import SimpleNamespace as NS
 import torch
 from vllm.config import VllmConfig, set_current_vllm_config
-from block_attention.errors import UnsupportedModelError
+from block_attention.core.errors import UnsupportedModelError
 from block_attention.vllm_connector import rotary
 
 def model(arch, rope, head=64, dtype=torch.float32):

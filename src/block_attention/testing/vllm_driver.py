@@ -69,7 +69,7 @@ def forge(spec: dict[str, Any], key: Any, n_tokens: int, model_config: Any) -> N
     """Put a well-formed entry of the wrong geometry (one layer too few) under ``key`` in the disk tier."""
     import torch
 
-    from block_attention.kv import BlockKV
+    from block_attention.core.kv import BlockKV
     from block_attention.store import KVStore, StoreConfig
 
     layers = int(model_config.hf_text_config.num_hidden_layers) - 1

@@ -1,6 +1,6 @@
 """Client side of block attention on vLLM: request bodies rendered by the engine's own prompt builder.
 
-* :func:`plan` renders ``(blocks, question)`` with :class:`~block_attention.prompt.PromptBuilder` (the exact token
+* :func:`plan` renders ``(blocks, question)`` with :class:`~block_attention.core.prompt.PromptBuilder` (the exact token
   layout the engine uses: prefix block, one block per passage, final block) into a :class:`Plan`.
 * :meth:`Plan.serve_body` is the body of a ``/v1/completions`` request (token-id prompt, ``kv_transfer_params`` and
   ``cache_salt``); :meth:`Plan.encode_bodies` are the prefill-only requests (``max_tokens=1``) that make vLLM
@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from block_attention.blocks import Block, as_blocks, check_unique_ids
-from block_attention.layout import PromptLayout
-from block_attention.prompt import Message, PromptBuilder
+from block_attention.core.blocks import Block, as_blocks, check_unique_ids
+from block_attention.core.layout import PromptLayout
+from block_attention.core.prompt import Message, PromptBuilder
 from block_attention.vllm_connector.protocol import PARAM, BlockRef, BlockRequest, cache_salt
 
 

@@ -45,8 +45,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorWorkerMetadata,
 )
 
-from block_attention.errors import BlockAttentionError, ConfigError, UnsupportedModelError
-from block_attention.kv import BlockKV, KVGeometry
+from block_attention.core.errors import BlockAttentionError, ConfigError, UnsupportedModelError
+from block_attention.core.kv import BlockKV, KVGeometry
 from block_attention.store import CacheKey, KVStore, StoreConfig
 from block_attention.store.keys import token_hash
 from block_attention.vllm_connector import paged, protocol

@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from block_attention.errors import ConfigError
+from block_attention.core.errors import ConfigError
 from block_attention.store.keys import Fingerprint, fingerprint
 
 _READ = 8 << 20

@@ -3,7 +3,7 @@
 * :func:`slots` maps prompt positions to vLLM cache slots: position ``t`` of a request lives in slot
   ``block_ids[t // block_size] * block_size + t % block_size``.
 * :func:`placed_context` builds the KV of prompt positions ``[start, end)`` from stored blocks: each block's keys
-  (cached at ``0..n-1``) are moved to the block's offset with :func:`block_attention.rope.rotate_block_into`, the
+  (cached at ``0..n-1``) are moved to the block's offset with :func:`block_attention.hf.rope.rotate_block_into`, the
   one float32 rotation the engine uses; values are copied unchanged. The result is fresh storage (stored KV is
   shared and never written).
 * :func:`read_slots` reads keys and values back from one layer's cache in the layout the CPU attention backend's
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from block_attention.kv import BlockKV
-from block_attention.rope import rotate_block_into
+from block_attention.core.kv import BlockKV
+from block_attention.hf.rope import rotate_block_into
 
 
 def slots(block_ids: Sequence[int], block_size: int, start: int, end: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from block_attention.errors import InvalidRequestError
+from block_attention.core.errors import InvalidRequestError
 
 PARAM = "block_attention"  # the key inside kv_transfer_params
 VERSION = 1

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from block_attention.errors import UnsupportedModelError
-from block_attention.rope import PROBE_TOLERANCE, rotate_block_into
+from block_attention.core.errors import UnsupportedModelError
+from block_attention.hf.rope import PROBE_TOLERANCE, rotate_block_into
 
 # Architectures whose vLLM attention builds its rotary exactly as the probe does (get_rope(head_dim,
 # max_position_embeddings, rope_parameters, is_neox_style=True)); checked in vLLM 0.32.0's model files.
