@@ -242,7 +242,15 @@ def check(peer: str) -> int:
         print(f"up in {time.perf_counter() - t0:.1f} s", flush=True)
         body = {"model": SERVED_NAME, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
         reply = httpx.post(server.base_url + "/v1/completions", json=body, timeout=600).json()
-        print("reply:", reply["choices"][0]["text"], "| peak RSS MiB:", server.peak_rss() >> 20, flush=True)
+        text = reply["choices"][0]["text"]
+        print("reply:", text, "| peak RSS MiB:", server.peak_rss() >> 20, flush=True)
+    if not text.strip():
+        print(f"{peer} answered an empty completion; not marking it ready", flush=True)
+        return 1
+    ready = PEERS_DIR / peer / "READY"  # other sessions wait for this file before using the peer
+    ready.write_text(f"{peer} {server.settings['version']} serves {smollm2.NAME} "
+                     f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n{server.command()}\n")
+    print(f"wrote {ready}", flush=True)
     return 0
 
 
