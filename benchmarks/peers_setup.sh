@@ -25,10 +25,22 @@ make_venv() {  # make_venv DIR
   fi
 }
 
+vllm_tcmalloc() {
+  # vLLM's CPU docs preload tcmalloc; this wheel bundles none, so use Debian's (benchmarks/peer_servers.py sets
+  # LD_PRELOAD when the file exists)
+  if [ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] && command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+    say "vllm: apt-get install libtcmalloc-minimal4 (its CPU docs preload tcmalloc)"
+    $sudo apt-get install -y -q libtcmalloc-minimal4 >/dev/null || say "vllm: tcmalloc not installed; vLLM runs without it"
+  fi
+}
+
 setup_vllm() {
   local venv=$PEERS_DIR/vllm
   if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import vllm" >/dev/null 2>&1; then
     say "vllm: $venv already imports vllm $("$venv/bin/python" -c 'import vllm; print(vllm.__version__)'); nothing to do"
+    vllm_tcmalloc
     return
   fi
   make_venv "$venv"
@@ -59,6 +71,7 @@ EOF
   # shellcheck disable=SC2086
   echo "$reqs" | xargs -d '\n' "$venv/bin/python" -m pip install -q
   "$venv/bin/python" -c "import vllm; print('[peers_setup] vllm: imports', vllm.__version__)"
+  vllm_tcmalloc
 }
 
 llama_cmake_args() {
