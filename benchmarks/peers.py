@@ -50,10 +50,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,7 +66,7 @@ import httpx
 import peer_servers as ps
 import smollm2
 import torch
-from concurrency import percentile
+from concurrency import closed_loop, percentile
 
 from block_attention import Block, BlockAttentionEngine, StoreConfig
 
@@ -97,7 +98,8 @@ def derangement_first(n: int, rng: random.Random, avoid_first: set[int]) -> list
             return order
 
 
-def load_questions(path: Path, n: int, k: int, *, passage_words: int | None, seed: int) -> list[tuple[str, list[Block]]]:
+def load_questions(path: Path, n: int, k: int, *, passage_words: int | None,
+                   seed: int) -> list[tuple[str, list[Block]]]:
     """``n`` questions (seeded choice) with their first ``k`` passages, optionally cut to ``passage_words`` words."""
     data = json.loads(path.read_text(encoding="utf-8"))
     rng = random.Random(seed)
@@ -126,20 +128,44 @@ def build_stream(questions: list[tuple[str, list[Block]]], *, seed: int) -> list
 
 def unseen_orders(questions: list[tuple[str, list[Block]]], count: int, stream: list[Request], *,
                   seed: int) -> list[Request]:
-    """``count`` requests cycling over the questions, each in an order whose first passage no earlier request of
-    that question started with (an exact-prefix cache cannot reuse past the shared system prompt)."""
+    """``count`` requests cycling over the questions, each in an order of its passages never sent before, starting
+    with a passage no earlier request of that question started with while there is one (then an exact-prefix cache
+    can reuse at most the first passage; :func:`shared_prefix` measures what it could)."""
     rng = random.Random(seed + 1)
-    used: dict[int, set[int]] = {}
+    firsts: dict[int, set[int]] = {}
+    orders: set[tuple[int, tuple[str, ...]]] = set()
     for r in stream:
-        used.setdefault(r.question_id, set()).add(questions[r.question_id][1].index(r.blocks[0]))
+        firsts.setdefault(r.question_id, set()).add(questions[r.question_id][1].index(r.blocks[0]))
+        orders.add((r.question_id, tuple(b.key for b in r.blocks)))
     out = []
     for i in range(count):
         qid = i % len(questions)
         question, blocks = questions[qid]
-        order = derangement_first(len(blocks), rng, used.setdefault(qid, set()))
-        used[qid].add(order[0])
+        for _ in range(10_000):
+            order = derangement_first(len(blocks), rng, firsts.setdefault(qid, set()))
+            key = (qid, tuple(blocks[j].key for j in order))
+            if key not in orders:
+                break
+        else:
+            raise SystemExit(f"{count} concurrency requests need more passage orders than {len(questions)} questions "
+                             "of this many passages have; raise --questions or --passages, or lower --clients.")
+        orders.add(key)
+        firsts[qid].add(order[0])
         out.append(Request("unseen", qid, question, tuple(blocks[j] for j in order)))
     return out
+
+
+def shared_prefix(ids: list[int], earlier: list[list[int]]) -> int:
+    """The longest common token prefix of ``ids`` with any earlier prompt (what an exact-prefix cache may reuse)."""
+    best = 0
+    for other in earlier:
+        n = 0
+        for a, b in zip(ids, other):
+            if a != b:
+                break
+            n += 1
+        best = max(best, n)
+    return best
 
 
 # -- one record per request -----------------------------------------------------------------------------------------
@@ -310,30 +336,12 @@ def check_llamacpp_tokens(server: ps.Server, stream: list[Request], texts_of: di
 
 def run_concurrency(server: ps.Server, requests: list[Request], clients: int, rounds: int,
                     body_of: Callable[[Request], dict[str, Any]], path: str) -> dict[str, Any]:
-    records: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
+    with httpx.Client(base_url=server.base_url, timeout=1800, limits=httpx.Limits(max_connections=64)) as client:
+        def serve(index: int) -> dict[str, Any]:
+            ttft, _, tokens, text, _, _ = stream_request(client, path, body_of(requests[index]))
+            return {"ttft_s": ttft, "tokens": tokens, "text": text}
 
-    def client_loop(c: int) -> None:
-        with httpx.Client(base_url=server.base_url, timeout=1800) as client:
-            barrier.wait()
-            for r in range(rounds):
-                index = c * rounds + r
-                submitted = time.perf_counter()
-                ttft, decode, tokens, text, _, _ = stream_request(client, path, body_of(requests[index]))
-                with lock:
-                    records.append({"index": index, "ttft_s": ttft, "tokens": tokens, "text": text,
-                                    "latency_s": time.perf_counter() - submitted})
-
-    threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    records.sort(key=lambda r: r["index"])
+        records, wall = closed_loop(clients, rounds, serve)
     ttft = [r["ttft_s"] for r in records]
     tokens = sum(r["tokens"] for r in records)
     return {"requests": len(records), "tokens": tokens, "wall_s": round(wall, 3),
@@ -358,7 +366,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=1, help="requests per client in the concurrency runs")
     ap.add_argument("--vllm-dtype", default="bfloat16", help="vLLM dtype (its CPU docs: bfloat16 with AVX512-BF16)")
     ap.add_argument("--skip", default="", help="comma list of rows to skip: vllm, llamacpp, http, bf16, "
-                                                 "concurrency, full, prefix")
+                                                 "concurrency, full (and with it prefix), prefix, library")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="skip the last rows (transformers prefix, bf16) once the run has taken this long")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(bc.HERE / "results"), help="directory for the JSON results and the plot")
     ap.add_argument("--reference", action="store_true",
@@ -378,6 +388,7 @@ ROW_LABELS = {
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the servers it started stop too
     quick = args.quick
     skip = set(filter(None, args.skip.split(",")))
     if quick:
@@ -437,17 +448,30 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # transformers full prefill: also the reference outputs every row is compared with
-        full_records, peak = run_engine_row(full_engine, stream, "full", max_new)
-        reference = [r.text for r in full_records]
-        rows["transformers_full"] = summarize_row(full_records, reference, peak)
-        log(f"transformers full: {rows['transformers_full']['first']}")
-        saved()
-
-        library_rows(rows, lm, tok, stream, reference, max_new, tmp, suffix="")
-        saved()
+        reference: list[str] | None = None
+        if "full" not in skip:
+            full_records, peak = run_engine_row(full_engine, stream, "full", max_new)
+            reference = [r.text for r in full_records]
+            rows["transformers_full"] = summarize_row(full_records, reference, peak)
+            log(f"transformers full: {rows['transformers_full']['first']}")
+            saved()
+        else:
+            skip.add("prefix")  # its outputs and decode come from the full row
+        if "library" not in skip:
+            library_rows(rows, lm, tok, stream, reference, max_new, tmp, suffix="")
+            saved()
         bc.collect()
 
-        unseen = unseen_orders(questions, sum(levels) * args.rounds, stream, seed=args.seed)
+        unseen = [] if "concurrency" in skip else unseen_orders(questions, sum(levels) * args.rounds, stream,
+                                                                 seed=args.seed)
+        unseen_ids = {id(r): full_engine.layout(list(r.blocks), r.question).input_ids() for r in unseen}
+        sent = list(prompt_ids)
+        reusable = []  # per concurrency request: prompt tokens an exact-prefix cache could reuse from earlier prompts
+        for r in unseen:
+            reusable.append(shared_prefix(unseen_ids[id(r)], sent))
+            sent.append(unseen_ids[id(r)])
+        prefix_reusable = {"tokens": reusable, "prompt_tokens": [len(unseen_ids[id(r)]) for r in unseen],
+                           "share": round(sum(reusable) / max(1, sum(len(unseen_ids[id(r)]) for r in unseen)), 3)}
         if "http" not in skip:
             server = ps.library_server(folder32, threads=args.threads)
             settings["library_http"] = server.settings
@@ -477,34 +501,25 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             settings[peer] = {**server.settings, "command": server.command()}
             log(f"{peer}: {server.command()}")
-            with server:
-                t0 = time.perf_counter()
-                server.start(tmp / "logs")
-                settings[peer]["startup_s"] = round(time.perf_counter() - t0, 1)
-                if peer == "vllm":  # token ids in: exactly the library's prompt
-                    body_of = lambda r: peer_body(ids_of[id(r)], max_new)  # noqa: E731
-                else:  # llama_cpp.server takes text only: the same prompt decoded (special tokens parsed back)
-                    body_of = lambda r: peer_body(texts_of[id(r)], max_new)  # noqa: E731
-                if peer == "llamacpp":  # its streams carry no usage: ask its tokenizer what it will run
-                    check_llamacpp_tokens(server, stream, texts_of, ids_of)
-                    settings[peer]["prompt_check"] = "its tokenizer gives the library's token ids for every prompt"
-                records = run_http_row(server, stream, body_of, "/v1/completions")
-                rows[peer] = summarize_row(records, reference, server.peak_rss(), prompt_tokens)
-                log(f"{peer}: {rows[peer]['first']}")
-                saved()
-                if peer == "vllm" and "concurrency" not in skip and "library" in conc:
-                    unseen_ids = {id(r): full_engine.layout(list(r.blocks), r.question).input_ids() for r in unseen}
-                    conc["vllm"] = concurrency_levels(server, unseen, levels, args.rounds,
-                                                      lambda r: peer_body(unseen_ids[id(r)], max_new),
-                                                      "/v1/completions")
-        # the rows a cut-short run can best do without come last
+            try:
+                run_peer(peer, server, settings[peer], stream, rows, conc, reference, prompt_tokens, max_new,
+                         ids_of, texts_of, tmp, saved, unseen=None if "concurrency" in skip else unseen,
+                         unseen_ids=unseen_ids, levels=levels, rounds=args.rounds)
+            except (RuntimeError, httpx.HTTPError) as exc:  # a peer that fails is reported, the run goes on
+                skipped[peer] = f"failed: {exc}"[:2000]
+                log(f"{peer} failed: {exc}")
+        # the rows a cut-short run can best do without come last, run while the time budget lasts
+        for row in ("prefix", "bf16"):
+            if args.budget_s and time.perf_counter() - t_start > args.budget_s and row not in skip:
+                skip.add(row)
+                skipped[row] = f"not run: the run had used its --budget-s {args.budget_s:.0f} s"
         if "prefix" not in skip:
             records, peak, reused = run_prefix_row(full_engine, stream, full_records)
             rows["transformers_prefix"] = summarize_row(records, reference, peak)
             rows["transformers_prefix"]["reused_tokens"] = reused
             log(f"transformers prefix: reused {reused}")
             saved()
-        if "bf16" not in skip:
+        if "bf16" not in skip and "library" not in skip:
             lm16, tok16, _ = bc.build_model(str(smollm2.checkpoint("bfloat16")), quick=False, dtype=torch.bfloat16,
                                             device="cpu", max_positions=8192)
             library_rows(rows, lm16, tok16, stream, reference, max_new, tmp, suffix="_bf16")
@@ -512,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             del lm16
         if conc:
             extra["concurrency"] = compare_concurrency(conc, levels)
+            extra["concurrency"]["prefix_reusable"] = prefix_reusable
             if "vllm" not in conc:
                 skipped["concurrency_vllm"] = skipped.get("vllm", "vLLM did not run")
     finally:
@@ -529,6 +545,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_peer(peer: str, server: ps.Server, peer_settings: dict[str, Any], stream: list[Request],
+             rows: dict[str, Any], conc: dict[str, Any], reference: list[str] | None, prompt_tokens: list[int],
+             max_new: int, ids_of: dict[int, list[int]], texts_of: dict[int, str], tmp: Path,
+             saved: Callable[[], None], *, unseen: list[Request] | None, unseen_ids: dict[int, list[int]],
+             levels: list[int], rounds: int) -> None:
+    """One peer's row (and, for vLLM, its concurrency runs) on its own server, stopped at the end."""
+    with server:
+        t0 = time.perf_counter()
+        server.start(tmp / "logs")
+        peer_settings["startup_s"] = round(time.perf_counter() - t0, 1)
+        if peer == "vllm":  # token ids in: exactly the library's prompt
+            body_of = lambda r: peer_body(ids_of[id(r)], max_new)  # noqa: E731
+        else:  # llama_cpp.server takes text only: the same prompt decoded (special tokens parsed back)
+            check_llamacpp_tokens(server, stream, texts_of, ids_of)  # its streams carry no usage to check
+            peer_settings["prompt_check"] = "its tokenizer gives the library's token ids for every prompt"
+            body_of = lambda r: peer_body(texts_of[id(r)], max_new)  # noqa: E731
+        records = run_http_row(server, stream, body_of, "/v1/completions")
+        rows[peer] = summarize_row(records, reference, server.peak_rss(), prompt_tokens)
+        log(f"{peer}: {rows[peer]['first']}")
+        saved()
+        if peer == "vllm" and unseen is not None and "library" in conc:
+            conc["vllm"] = concurrency_levels(server, unseen, levels, rounds,
+                                              lambda r: peer_body(unseen_ids[id(r)], max_new), "/v1/completions")
+            saved()
+
+
 def save_partial(path: Path, rows: dict[str, Any], skipped: dict[str, str], settings: dict[str, Any],
                  concurrency: dict[str, Any]) -> None:
     """The rows measured so far (a run cut short still leaves its numbers)."""
@@ -536,31 +578,29 @@ def save_partial(path: Path, rows: dict[str, Any], skipped: dict[str, str], sett
                                 "settings": settings, "concurrency": concurrency}, indent=2))
 
 
-def library_rows(rows: dict[str, Any], lm: Any, tok: Any, stream: list[Request], reference: list[str], max_new: int,
-                 tmp: Path, suffix: str) -> None:
+def library_rows(rows: dict[str, Any], lm: Any, tok: Any, stream: list[Request], reference: list[str] | None,
+                 max_new: int, tmp: Path, suffix: str) -> None:
     """Cold, warm-from-memory and (float32 only) warm-from-disk rows of the library on ``lm``."""
     passages = list({b.key: b for r in stream for b in r.blocks}.values())
-    engine = BlockAttentionEngine(lm, tok, store=StoreConfig(memory_bytes=8 * GiB))
-    store = engine.store
-    assert store is not None
-    engine.generate(list(stream[0].blocks), stream[0].question, max_new_tokens=1)  # kernels warm, not timed
-    records, peak = run_engine_row(engine, stream, "block", max_new, before=store.clear)
+    with BlockAttentionEngine(lm, tok, store=StoreConfig(memory_bytes=8 * GiB)) as engine:
+        store = engine.store
+        assert store is not None
+        engine.generate(list(stream[0].blocks), stream[0].question, max_new_tokens=1)  # kernels warm, not timed
+        records, peak = run_engine_row(engine, stream, "block", max_new, before=store.clear)
     rows["library_cold" + suffix] = summarize_row(records, reference, peak)
-    engine.warm(passages)
-    records, peak = run_engine_row(engine, stream, "block", max_new)
+    # warmed once into memory and (float32) disk, as `ingest --warm` does; the disk row restarts on that directory
+    disk_dir = None if suffix else str(tmp / "kv")
+    with BlockAttentionEngine(lm, tok, store=StoreConfig(memory_bytes=8 * GiB, disk_dir=disk_dir)) as engine:
+        engine.warm(passages)
+        records, peak = run_engine_row(engine, stream, "block", max_new)
     rows["library_warm_memory" + suffix] = summarize_row(records, reference, peak)
     log(f"library{suffix}: cold {rows['library_cold' + suffix]['first']}, warm "
         f"{rows['library_warm_memory' + suffix]['reordered']}")
-    engine.close()
-    if suffix:
+    if disk_dir is None:
         return
-    disk_dir = tmp / f"kv{suffix}"
-    with BlockAttentionEngine(lm, tok, store=StoreConfig(memory_bytes=0, disk_dir=str(disk_dir))) as warmer:
-        warmer.warm(passages)
-    restarted = BlockAttentionEngine(lm, tok, store=StoreConfig(memory_bytes=0, disk_dir=str(disk_dir)))
-    records, peak = run_engine_row(restarted, stream, "block", max_new)
+    with BlockAttentionEngine(lm, tok, store=StoreConfig(memory_bytes=0, disk_dir=disk_dir)) as restarted:
+        records, peak = run_engine_row(restarted, stream, "block", max_new)
     rows["library_warm_disk"] = summarize_row(records, reference, peak)
-    restarted.close()
 
 
 def concurrency_levels(server: ps.Server, requests: list[Request], levels: list[int], rounds: int,
