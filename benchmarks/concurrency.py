@@ -30,7 +30,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import bench_common as bc
 import torch
@@ -76,11 +76,11 @@ def make_requests(engine: BlockAttentionEngine, n: int, context: int, passage_to
     return requests, pool
 
 
-def run_setting(engine: BlockAttentionEngine, requests: list[dict[str, Any]], clients: int, rounds: int,
-                max_batch: int) -> dict[str, Any]:
-    """``clients`` closed-loop client threads over one scheduler; per-request timings and outputs."""
-    rows: list[int] = []
-    scheduler = BatchScheduler(engine, max_batch=max_batch, on_step=rows.append)
+def closed_loop(clients: int, rounds: int,
+                serve: Callable[[int], dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+    """``clients`` threads, started together, each calling ``serve(index)`` for its ``rounds`` requests back to back
+    (closed loop; client ``c`` serves indices ``c*rounds .. c*rounds+rounds-1``). Returns the records (each with its
+    ``index``, sorted by it) and the wall seconds from the start to the last answer."""
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1)
@@ -89,18 +89,9 @@ def run_setting(engine: BlockAttentionEngine, requests: list[dict[str, Any]], cl
         barrier.wait()
         for r in range(rounds):
             index = c * rounds + r
-            request = requests[index]
-            submitted = time.perf_counter()
-            stream = scheduler.stream(lambda request=request: engine.plan_request(**request))
-            for _ in stream:
-                pass
-            done = time.perf_counter()
-            result = stream.result
-            assert result is not None
+            record = serve(index)
             with lock:
-                records.append({"index": index, "ttft_s": stream.queue_s + result.stats.ttft_s,
-                                "latency_s": done - submitted, "tokens": len(result.token_ids),
-                                "token_ids": list(result.token_ids)})
+                records.append({"index": index, **record})
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
@@ -110,9 +101,30 @@ def run_setting(engine: BlockAttentionEngine, requests: list[dict[str, Any]], cl
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    return sorted(records, key=lambda r: r["index"]), wall
+
+
+def run_setting(engine: BlockAttentionEngine, requests: list[dict[str, Any]], clients: int, rounds: int,
+                max_batch: int) -> dict[str, Any]:
+    """``clients`` closed-loop client threads over one scheduler; per-request timings and outputs."""
+    rows: list[int] = []
+    scheduler = BatchScheduler(engine, max_batch=max_batch, on_step=rows.append)
+
+    def serve(index: int) -> dict[str, Any]:
+        request = requests[index]
+        submitted = time.perf_counter()
+        stream = scheduler.stream(lambda: engine.plan_request(**request))
+        for _ in stream:
+            pass
+        done = time.perf_counter()
+        result = stream.result
+        assert result is not None
+        return {"ttft_s": stream.queue_s + result.stats.ttft_s, "latency_s": done - submitted,
+                "tokens": len(result.token_ids), "token_ids": list(result.token_ids)}
+
+    records, wall = closed_loop(clients, rounds, serve)
     scheduler.close()
-    return {"records": sorted(records, key=lambda r: r["index"]), "wall_s": wall,
-            "max_batch_rows": max(rows, default=0), "decode_forwards": len(rows)}
+    return {"records": records, "wall_s": wall, "max_batch_rows": max(rows, default=0), "decode_forwards": len(rows)}
 
 
 def top2_margins(engine: BlockAttentionEngine, request: dict[str, Any]) -> tuple[list[int], list[float]]:
