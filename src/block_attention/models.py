@@ -21,7 +21,8 @@ from block_attention.core.config import EngineConfig
 from block_attention.core.errors import BlockAttentionError, ConfigError, ModelLoadError
 from block_attention.core.prompt import PromptConfig
 from block_attention.engine.engine import BlockAttentionEngine
-from block_attention.hf.registry import DEFAULT_DTYPE, REAL_MODELS, checkpoint_dir, is_adapter_dir, load_with_adapter
+from block_attention.hf.registry import (DEFAULT_DTYPE, REAL_MODELS, checkpoint_dir, is_adapter_dir, is_installed,
+                                         load_with_adapter)
 from .store import KVStore, StoreConfig
 
 BUILTIN_RANDOM = "tiny-random"
@@ -101,12 +102,7 @@ def reader_checkpoint() -> Path | None:
 
 def real_model_installed(name: str) -> bool:
     """Whether the registry distribution of built-in real model ``name`` is installed (located, not imported)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(REAL_MODELS[name].module) is not None
-    except (ImportError, ValueError):
-        return False
+    return is_installed(name)
 
 
 def adapter_packaged(name: str) -> bool:

