@@ -24,7 +24,7 @@ decodes greedily up to ``--max-new-tokens`` (stopping at EOS). Rows:
   library warm memory      block mode, the passages warmed into the memory tier beforehand (``ingest --warm``)
   library warm disk        a restarted engine with only a disk tier, warmed beforehand: every passage read from disk
   library HTTP             ``block-attention serve`` from an empty cache: first sight encodes, then memory hits
-  library ... bf16         the cold and warm-memory rows again in bfloat16 (this CPU has AVX512-BF16)
+  library ... bf16         the cold and warm-memory rows again in bfloat16 (only where the CPU has native bf16)
 
 Columns: TTFT p50/p95 per request kind (client clock for the servers: request sent to first token received; the
 engine's own clock in process), decode tokens/s (tokens after the first / time after the first), peak RSS (in
@@ -73,6 +73,16 @@ from block_attention import Block, BlockAttentionEngine, StoreConfig
 KINDS = ("first", "same", "reordered")
 DATA = bc.REPO.parent / "shared" / "data" / "musique_s.json"
 GiB = 1024**3
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    have = set(flags.split(":", 1)[1].split())
+    return bool(have & {"avx512_bf16", "amx_bf16"})
 
 
 def log(*parts: Any) -> None:
@@ -319,19 +329,34 @@ def run_http_row(server: ps.Server, stream: list[Request], body_of: Callable[[Re
 
 
 def check_llamacpp_tokens(server: ps.Server, stream: list[Request], texts_of: dict[int, str],
-                          ids_of: dict[int, list[int]]) -> None:
-    """llama.cpp gets the prompt as text: its own tokenizer (``/extras/tokenize``, special tokens parsed) must give
-    back the library's token ids, or the rows would not compare the same prompt."""
+                          ids_of: dict[int, list[int]], decode: Callable[[list[int]], str]) -> str:
+    """llama.cpp's OpenAI server takes the prompt as text only, and its own tokenizer (``/extras/tokenize``, special
+    tokens parsed) splits it: check that it is the same text in (its tokens, decoded with the library's tokenizer:
+    the GGUF carries the same vocabulary, give the prompt back) and that its
+    token count is within 1% of the library's, or the rows would not compare the same prompt. Returns what was found
+    (the GGUF's pre-tokenizer may split a run of newlines that transformers' tokenizer merges into one token)."""
+    counts, first_diff = [], None
     with httpx.Client(base_url=server.base_url, timeout=600) as client:
         for request in stream:
-            reply = client.post("/extras/tokenize", json={"input": texts_of[id(request)]})
+            text, ids = texts_of[id(request)], ids_of[id(request)]
+            reply = client.post("/extras/tokenize", json={"input": text})
             reply.raise_for_status()
             tokens = reply.json()["tokens"]
-            ids = ids_of[id(request)]
-            if tokens != ids:  # (the SmolLM2 GGUF adds no BOS: add_bos_token is false)
-                first = next((i for i, (a, b) in enumerate(zip(tokens, ids)) if a != b), min(len(tokens), len(ids)))
-                raise RuntimeError(f"llama.cpp tokenizes the prompt differently from the library (first difference "
-                                   f"at token {first}: {tokens[first:first + 5]} vs {ids[first:first + 5]}).")
+            if decode(tokens) != text:
+                raise RuntimeError("llama.cpp's tokens for the prompt do not give the prompt's text back, so its row "
+                                   "would not answer the same prompt.")
+            if abs(len(tokens) - len(ids)) > 0.01 * len(ids):
+                raise RuntimeError(f"llama.cpp splits the prompt into {len(tokens)} tokens against the library's "
+                                   f"{len(ids)}: more than 1% apart, so the rows would not compare the same work.")
+            counts.append((len(tokens), len(ids)))
+            if tokens != ids and first_diff is None:
+                i = next((i for i, (a, b) in enumerate(zip(tokens, ids)) if a != b), min(len(tokens), len(ids)))
+                first_diff = f"first difference at token {i}: {tokens[i:i + 3]} vs {ids[i:i + 3]}"
+    if first_diff is None:
+        return "its tokenizer gives the library's token ids for every prompt"
+    spread = ", ".join(f"{a} vs {b}" for a, b in counts)
+    return (f"same prompt text; its tokenizer splits it into other tokens ({spread} tokens, llama.cpp vs the library; "
+            f"{first_diff})")
 
 
 def run_concurrency(server: ps.Server, requests: list[Request], clients: int, rounds: int,
@@ -364,7 +389,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="threads of every method (default 2: this machine)")
     ap.add_argument("--clients", default="1,4,8", help="concurrent HTTP clients (vLLM vs block-attention serve)")
     ap.add_argument("--rounds", type=int, default=1, help="requests per client in the concurrency runs")
-    ap.add_argument("--vllm-dtype", default="bfloat16", help="vLLM dtype (its CPU docs: bfloat16 with AVX512-BF16)")
+    ap.add_argument("--vllm-dtype", default="auto",
+                    help="vLLM dtype; auto: bfloat16 where the CPU has native bf16 (AVX512-BF16 or AMX, as its CPU "
+                         "docs advise), else float32")
     ap.add_argument("--skip", default="", help="comma list of rows to skip: vllm, llamacpp, http, bf16, "
                                                  "concurrency, full (and with it prefix), prefix, library")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -405,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                          "../shared/data/musique_s.json).")
     if args.tiny_model and not quick:
         raise SystemExit("--tiny-model goes with --quick (the peers run SmolLM2 only).")
+    skipped: dict[str, str] = {}
     folder32: Path | None = None  # None: a tiny random model (every code path, meaningless timings and outputs)
     if not args.tiny_model:
         try:
@@ -415,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{exc} --quick runs on a tiny random model instead.")
     if folder32 is None:
         skip |= {"bf16"}
+    bf16 = native_bf16()
+    if args.vllm_dtype == "auto":
+        args.vllm_dtype = "bfloat16" if bf16 else "float32"
+    if not bf16 and "bf16" not in skip:
+        skip.add("bf16")
+        skipped["bf16"] = ("not run: this CPU has no native bf16 (no AVX512-BF16, no AMX), so torch emulates "
+                           "bfloat16 matmuls; float32 is the fast dtype here")
 
     questions = load_questions(data, n_questions, k, passage_words=words, seed=args.seed)
     stream = build_stream(questions, seed=args.seed)
@@ -431,7 +466,6 @@ def main(argv: list[str] | None = None) -> int:
     ids_of = {id(r): p for r, p in zip(stream, prompt_ids)}
     texts_of = {id(r): tok.decode(p, skip_special_tokens=False) for r, p in zip(stream, prompt_ids)}
     rows: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
     settings: dict[str, Any] = {"threads": args.threads, "torch_threads": torch.get_num_threads(),
                                 "library_dtype": "float32 (and bfloat16 rows)", "transformers_dtype": "float32",
                                 "attn_implementation": "sdpa"}
@@ -503,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{peer}: {server.command()}")
             try:
                 run_peer(peer, server, settings[peer], stream, rows, conc, reference, prompt_tokens, max_new,
-                         ids_of, texts_of, tmp, saved, unseen=None if "concurrency" in skip else unseen,
+                         ids_of, texts_of, tmp, saved, decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
+                         unseen=None if "concurrency" in skip else unseen,
                          unseen_ids=unseen_ids, levels=levels, rounds=args.rounds)
             except (RuntimeError, httpx.HTTPError) as exc:  # a peer that fails is reported, the run goes on
                 skipped[peer] = f"failed: {exc}"[:2000]
@@ -548,8 +583,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_peer(peer: str, server: ps.Server, peer_settings: dict[str, Any], stream: list[Request],
              rows: dict[str, Any], conc: dict[str, Any], reference: list[str] | None, prompt_tokens: list[int],
              max_new: int, ids_of: dict[int, list[int]], texts_of: dict[int, str], tmp: Path,
-             saved: Callable[[], None], *, unseen: list[Request] | None, unseen_ids: dict[int, list[int]],
-             levels: list[int], rounds: int) -> None:
+             saved: Callable[[], None], *, decode: Callable[[list[int]], str], unseen: list[Request] | None,
+             unseen_ids: dict[int, list[int]], levels: list[int], rounds: int) -> None:
     """One peer's row (and, for vLLM, its concurrency runs) on its own server, stopped at the end."""
     with server:
         t0 = time.perf_counter()
@@ -558,8 +593,7 @@ def run_peer(peer: str, server: ps.Server, peer_settings: dict[str, Any], stream
         if peer == "vllm":  # token ids in: exactly the library's prompt
             body_of = lambda r: peer_body(ids_of[id(r)], max_new)  # noqa: E731
         else:  # llama_cpp.server takes text only: the same prompt decoded (special tokens parsed back)
-            check_llamacpp_tokens(server, stream, texts_of, ids_of)  # its streams carry no usage to check
-            peer_settings["prompt_check"] = "its tokenizer gives the library's token ids for every prompt"
+            peer_settings["prompt_check"] = check_llamacpp_tokens(server, stream, texts_of, ids_of, decode)
             body_of = lambda r: peer_body(texts_of[id(r)], max_new)  # noqa: E731
         records = run_http_row(server, stream, body_of, "/v1/completions")
         rows[peer] = summarize_row(records, reference, server.peak_rss(), prompt_tokens)
