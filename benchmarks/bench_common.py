@@ -384,6 +384,11 @@ def _cpu_flags() -> list[str]:
     return []
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpu_flags()))
+
+
 def environment(device: str) -> dict[str, Any]:
     import transformers
 

@@ -75,16 +75,6 @@ DATA = bc.REPO.parent / "shared" / "data" / "musique_s.json"
 GiB = 1024**3
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    have = set(flags.split(":", 1)[1].split())
-    return bool(have & {"avx512_bf16", "amx_bf16"})
-
-
 def log(*parts: Any) -> None:
     print(*parts, flush=True)
 
@@ -332,9 +322,9 @@ def check_llamacpp_tokens(server: ps.Server, stream: list[Request], texts_of: di
                           ids_of: dict[int, list[int]], decode: Callable[[list[int]], str]) -> str:
     """llama.cpp's OpenAI server takes the prompt as text only, and its own tokenizer (``/extras/tokenize``, special
     tokens parsed) splits it: check that it is the same text in (its tokens, decoded with the library's tokenizer:
-    the GGUF carries the same vocabulary, give the prompt back) and that its
-    token count is within 1% of the library's, or the rows would not compare the same prompt. Returns what was found
-    (the GGUF's pre-tokenizer may split a run of newlines that transformers' tokenizer merges into one token)."""
+    the GGUF carries the same vocabulary, give the prompt back) and that its token count is within 1% of the
+    library's, or the rows would not compare the same prompt. Returns what was found (the GGUF's pre-tokenizer may
+    split a run of newlines that transformers' tokenizer merges into one token)."""
     counts, first_diff = [], None
     with httpx.Client(base_url=server.base_url, timeout=600) as client:
         for request in stream:
@@ -443,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{exc} --quick runs on a tiny random model instead.")
     if folder32 is None:
         skip |= {"bf16"}
-    bf16 = native_bf16()
+    bf16 = bc.native_bf16()
     if args.vllm_dtype == "auto":
         args.vllm_dtype = "bfloat16" if bf16 else "float32"
     if not bf16 and "bf16" not in skip:
@@ -467,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     texts_of = {id(r): tok.decode(p, skip_special_tokens=False) for r, p in zip(stream, prompt_ids)}
     rows: dict[str, dict[str, Any]] = {}
     settings: dict[str, Any] = {"threads": args.threads, "torch_threads": torch.get_num_threads(),
-                                "library_dtype": "float32 (and bfloat16 rows)", "transformers_dtype": "float32",
+                                "library_dtype": "float32" if "bf16" in skip else "float32 (and bfloat16 rows)",
+                                "transformers_dtype": "float32",
                                 "attn_implementation": "sdpa"}
     extra: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="peers-bench-"))
