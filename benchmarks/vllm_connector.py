@@ -14,9 +14,23 @@ format, rendered by the engine's prompt builder, so plain and connector requests
 
 TTFT is the latency of a ``max_tokens=1`` completion (not streamed; it includes the HTTP round trip). Plain requests
 pass through the connector untouched (it answers "0 tokens matched" for a request without block structure), so
-one server serves both. Prints a table and a final JSON line; writes ``--out`` JSON and a bar plot beside it.
+one server serves both.
 
-    python benchmarks/vllm_connector.py --questions 3 --passages 5
+Then concurrency (``--clients``, default 1, 4, 8): ``c`` client threads at once, each sending one streamed request
+(``--max-new`` greedy tokens) of a question's passages in an order never sent before (the reordered stream), to
+
+* ``vllm_prefix``: the same vLLM server, plain token prompts (its prefix cache holds earlier orders: it can reuse
+  the prefix block only);
+* ``vllm_connector``: the same vLLM server, serve requests (every block already stored: re-rotated, loaded);
+* ``library``: ``block-attention serve`` (started after vLLM stopped; passages warmed first), the same requests.
+
+Per system and client count: TTFT p50/p95 (client clock, first streamed token), tokens/s (all generated tokens /
+wall time), and outputs compared request by request (the connector against the library's own block attention:
+the same blocks, so the same greedy text is expected; vLLM plain against both).
+
+Prints tables and a final JSON line; writes ``--out`` JSON and a bar plot beside it.
+
+    python benchmarks/vllm_connector.py --questions 3 --passages 5 --clients 1,4,8
 """
 
 from __future__ import annotations
@@ -32,8 +46,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+
+import peer_servers as ps  # noqa: E402
+from peers import Request, library_body, run_concurrency, stream_request, unseen_orders  # noqa: E402
 
 from block_attention import Block, PromptBuilder  # noqa: E402
 from block_attention.testing import smollm2  # noqa: E402
@@ -74,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--vllm-python", default=str(PEERS / "vllm" / "bin" / "python"))
+    ap.add_argument("--clients", default="1,4,8", help="concurrent clients; '' skips the concurrency runs")
+    ap.add_argument("--max-new", type=int, default=16, help="greedy tokens per concurrency request")
+    ap.add_argument("--no-library", action="store_true", help="skip the library server's concurrency rows")
     ap.add_argument("--out", default=str(HERE / "reference-vllm-connector-cpu.json"))
     args = ap.parse_args(argv)
+    levels = [int(c) for c in args.clients.split(",") if c.strip()]
     from transformers import AutoTokenizer
 
     folder = smollm2.checkpoint()
@@ -85,11 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     store = {"memory_bytes": 1 << 30, "disk_dir": str(work / "kv")}
     times: dict[str, list[float]] = {row: [] for row in ROWS}
     context_tokens, outcomes = [], []
+    picked = questions(Path(args.data), args.questions, args.passages, args.seed)
+    sent: list[Request] = []  # every order sent in the TTFT rows (the concurrency requests use unseen ones)
+    bind = f"0-{args.threads - 1}" if args.threads > 1 else "0"
+    tcmalloc = ps.tcmalloc_path()  # tuned as peers.py's vLLM row (its CPU docs): tcmalloc, threads bound to cores
+    tuned = {"VLLM_CPU_OMP_THREADS_BIND": bind, **({"LD_PRELOAD": tcmalloc} if tcmalloc else {})}
+    conc: dict[str, dict[str, Any]] = {}
     with VLLMServer(args.vllm_python, folder, store=store, log_path=work / "vllm.log", threads=args.threads,
-                    kv_space_gib=2) as server:
-        for question, docs in questions(Path(args.data), args.questions, args.passages, args.seed):
+                    kv_space_gib=4, extra_args=["--max-num-seqs", str(max(levels, default=8))],
+                    extra_env=tuned) as server:
+        for qid, (question, docs) in enumerate(picked):
             order_a = client.plan(builder, docs, question)
-            order_b = client.plan(builder, [docs[i] for i in derangement(len(docs), rng)], question)
+            b = [docs[i] for i in derangement(len(docs), rng)]
+            order_b = client.plan(builder, b, question)
+            sent += [Request("first", qid, question, tuple(docs)), Request("reordered", qid, question, tuple(b))]
             plain = {"max_tokens": 1, "temperature": 0.0}
             context_tokens.append(order_a.layout.total_len)
             times["cold"].append(timed_post(server.base_url, {"prompt": order_a.layout.input_ids(), **plain})[0])
@@ -104,6 +136,26 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(client.outcome(response))
             print(f"{len(context_tokens)}/{args.questions}: {order_a.layout.total_len} tokens, "
                   + ", ".join(f"{row} {times[row][-1]:.2f}s" for row in ROWS), flush=True)
+        unseen = unseen_orders(picked, sum(levels), sent, seed=args.seed) if levels else []
+        plans = {id(r): client.plan(builder, list(r.blocks), r.question) for r in unseen}
+        sampling = {"max_tokens": args.max_new, "temperature": 0.0, "stream_options": {"include_usage": True}}
+        if levels:
+            conc["vllm_prefix"] = levels_run(server, unseen, levels, lambda r: {
+                "model": SERVED_NAME, "prompt": plans[id(r)].layout.input_ids(), **sampling})
+            loaded_before = metric_total(server.base_url, "vllm:external_prefix_cache_hits")
+            conc["vllm_connector"] = levels_run(server, unseen, levels, lambda r: {
+                "model": SERVED_NAME, **plans[id(r)].serve_body(**sampling)})
+            # a streamed response carries no kv_transfer_params: vLLM's own counter says what the connector loaded
+            conc["vllm_connector"]["loaded_tokens"] = (
+                metric_total(server.base_url, "vllm:external_prefix_cache_hits") - loaded_before)
+            conc["vllm_connector"]["block_tokens"] = sum(plans[id(r)].layout.context_len for r in unseen)
+    if levels and not args.no_library:
+        with ps.library_server(folder, threads=args.threads, max_batch=max(levels)).start(work) as lib:
+            with httpx.Client(base_url=lib.base_url, timeout=1800) as http:
+                for r in sent[::2]:  # warm: each question's passages once (order A)
+                    stream_request(http, "/v1/chat/completions", library_body(r, 1))
+            conc["library"] = levels_run(lib, unseen, levels, lambda r: library_body(r, args.max_new),
+                                         path="/v1/chat/completions")
     rows = {row: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
             for row, v in times.items()}
     print(f"\n{'row':<24}{'median':>10}{'min':>10}{'max':>10}")
@@ -114,11 +166,55 @@ def main(argv: list[str] | None = None) -> int:
               "passages": args.passages, "prompt_tokens_median": statistics.median(context_tokens),
               "rows": rows, "connector_outcomes": outcomes,
               "speedup_reordered": rows["reordered, vLLM"]["median_s"] / rows["reordered, connector"]["median_s"]}
+    if conc:
+        result["concurrency"] = {"clients": levels, "max_new_tokens": args.max_new, **conc,
+                                 "same_output": same_output(conc, levels)}
+        print_concurrency(result["concurrency"])
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"), result)
     print(json.dumps(result))
     return 0
+
+
+def levels_run(server: Any, requests: list[Request], levels: list[int], body_of: Any,
+               path: str = "/v1/completions") -> dict[str, Any]:
+    """One system's runs: for each client count ``c``, the next ``c`` requests at once (one each)."""
+    out, offset = {}, 0
+    for c in levels:
+        out[str(c)] = run_concurrency(server, requests[offset:offset + c], c, 1, body_of, path)
+        offset += c
+        print(f"{path} clients={c}: " + str({k: v for k, v in out[str(c)].items() if k != "texts"}), flush=True)
+    return out
+
+
+def metric_total(base_url: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples (all label sets) on the server's ``/metrics``."""
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + "_total", name + "{")) and not line.startswith("#"))
+
+
+def same_output(conc: dict[str, dict[str, Any]], levels: list[int]) -> dict[str, dict[str, int]]:
+    """Per pair of systems and client count: how many requests gave the very same greedy text."""
+    pairs = [("vllm_connector", "library"), ("vllm_prefix", "vllm_connector"), ("vllm_prefix", "library")]
+    return {f"{a} vs {b}": {str(c): sum(x == y for x, y in zip(conc[a][str(c)]["texts"], conc[b][str(c)]["texts"]))
+                            for c in levels}
+            for a, b in pairs if a in conc and b in conc}
+
+
+def print_concurrency(conc: dict[str, Any]) -> None:
+    systems = [s for s in ("vllm_prefix", "vllm_connector", "library") if s in conc]
+    print(f"\n{'clients':<9}" + "".join(f"{s + ' p50/p95 ms':>32}{'tok/s':>8}" for s in systems))
+    for c in conc["clients"]:
+        cells = [conc[s][str(c)] for s in systems]
+        print(f"{c:<9}" + "".join(f"{r['ttft_p50_ms']:>22.0f}/{r['ttft_p95_ms']:<9.0f}{r['tokens_per_s']:>8.2f}"
+                                  for r in cells))
+    if "loaded_tokens" in conc.get("vllm_connector", {}):
+        print(f"connector: vLLM loaded {conc['vllm_connector']['loaded_tokens']:.0f} tokens from the store for "
+              f"{conc['vllm_connector']['block_tokens']} block tokens in the requests")
+    for pair, counts in conc["same_output"].items():
+        print(f"same greedy text, {pair}: " + ", ".join(f"{counts[str(c)]}/{c}" for c in conc["clients"]))
 
 
 def plot(rows: dict[str, dict[str, float]], path: Path, result: dict[str, Any]) -> None:
@@ -131,12 +227,27 @@ def plot(rows: dict[str, dict[str, float]], path: Path, result: dict[str, Any]) 
         print("matplotlib is not installed (pip install -e '.[bench]'); no plot written", file=sys.stderr)
         return
     names = [r for r in ROWS if r != "encode"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    conc = result.get("concurrency")
+    fig, axes = plt.subplots(1, 2 if conc else 1, figsize=(12 if conc else 7, 3.8), squeeze=False)
+    ax = axes[0][0]
     ax.bar(names, [rows[n]["median_s"] for n in names], color=["#999", "#6a6", "#c55", "#36c"])
     ax.set_ylabel("TTFT, median (s)")
     ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=7)
     ax.set_title(f"vLLM-CPU 0.32.0, SmolLM2-135M fp32, {result['passages']} passages "
                  f"(~{int(result['prompt_tokens_median'])} tokens)", fontsize=9)
+    if conc:
+        right = axes[0][1]
+        for system, color in (("vllm_prefix", "#c55"), ("vllm_connector", "#36c"), ("library", "#6a6")):
+            if system in conc:
+                right.plot(conc["clients"], [conc[system][str(c)]["ttft_p50_ms"] / 1e3 for c in conc["clients"]],
+                           "o-", color=color, label=system.replace("_", " "))
+        right.set_xlabel("concurrent clients (passages in an unseen order)")
+        right.set_ylabel("TTFT p50 (s)")
+        right.set_yscale("log")
+        right.set_xticks(conc["clients"])
+        right.legend(fontsize=8)
+        right.set_title("reordered stream, streamed over HTTP", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

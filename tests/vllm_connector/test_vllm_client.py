@@ -30,3 +30,21 @@ def test_encode_bodies_hold_each_block_alone(make_engine, docs):
         assert req.role == "encode" and body["max_tokens"] == 1
     only = plan.encode_bodies([docs[1].doc_id])
     assert len(only) == 1 and only[0]["kv_transfer_params"][PARAM]["blocks"][0]["id"] == docs[1].doc_id
+
+
+def test_sampling_fields_ask_vllm_for_the_engines_decoding():
+    from block_attention import GenerationConfig
+
+    greedy = client.sampling_fields(GenerationConfig(max_new_tokens=7, stop=("\n",)))
+    assert greedy == {"max_tokens": 7, "stop": ["\n"], "ignore_eos": False, "temperature": 0.0}
+    sampled = client.sampling_fields(GenerationConfig(max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9,
+                                                      top_k=5, seed=11, stop_on_eos=False))
+    assert sampled == {"max_tokens": 3, "stop": None, "ignore_eos": True, "temperature": 0.7, "top_p": 0.9,
+                       "seed": 11, "top_k": 5}
+
+
+def test_block_client_refuses_an_unknown_encode_policy():
+    import pytest
+
+    with pytest.raises(ValueError, match="encode must be 'missing', 'first' or 'never'"):
+        client.VLLMBlockClient("http://127.0.0.1:1", "m", "/nonexistent", encode="sometimes")  # type: ignore[arg-type]

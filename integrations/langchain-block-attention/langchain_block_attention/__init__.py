@@ -3,6 +3,7 @@
 Public names (imported on first use, so ``import langchain_block_attention`` loads neither torch nor a model):
 
 * :class:`BlockAttentionLLM` and :class:`ChatBlockAttention`: models taking ``documents=[Document, ...]`` per call.
+* :class:`BlockAttentionVLLM`: the same call shape, answered by a vLLM server running the block-attention connector.
 * :class:`BlockAttentionRetriever`: a LangChain retriever over a ``block_attention`` Faiss index directory.
 * :func:`create_block_attention_rag_chain` and :func:`create_block_attention_combine_chain`: LCEL chains.
 * :func:`format_docs`: the drop-in ``format_docs`` of LangChain's RAG tutorial (one block per document, keyed by id).
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BlockAttentionLLM": "llms",
     "ChatBlockAttention": "chat_models",
+    "BlockAttentionVLLM": "vllm",
     "BlockAttentionRetriever": "retrievers",
     "create_block_attention_rag_chain": "chains",
     "create_block_attention_combine_chain": "chains",

@@ -26,14 +26,15 @@ SERVED_NAME = "model"
 class VLLMServer:
     def __init__(self, vllm_python: str | os.PathLike[str], model: str | os.PathLike[str], *,
                  store: Mapping[str, Any], log_path: Path, threads: int = 2, kv_space_gib: int = 1,
-                 max_model_len: int = 8192, extra_args: Sequence[str] = (), startup_timeout_s: float = 1800.0) -> None:
+                 max_model_len: int = 8192, extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
+                 startup_timeout_s: float = 1800.0) -> None:
         self.port = free_port()
         args = ["--served-model-name", SERVED_NAME, "--dtype", "float32", "--enforce-eager", "--seed", "0",
                 "--max-model-len", str(max_model_len), *extra_args]
         self.argv, env = serve_command(vllm_python, model, store=store, port=self.port, extra_args=args)
         self.env = {**os.environ, **env, "VLLM_CPU_KVCACHE_SPACE": str(kv_space_gib),
                     "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-                    "PYTHONUNBUFFERED": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+                    "PYTHONUNBUFFERED": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **(extra_env or {})}
         self.env.pop("VIRTUAL_ENV", None)
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s

@@ -10,6 +10,9 @@
   the server reports missing blocks (that answer was computed by vLLM with full attention: a miss) encodes them so
   the next request hits; ``"first"`` encodes every block before serving (always block attention; cached blocks
   cost one prefill each); ``"never"`` only serves.
+* :class:`VLLMBlockClient` is all of that as one object for callers that hold documents and a question (the
+  LangChain and LlamaIndex integrations' ``BlockAttentionVLLM``): it loads the served checkpoint's tokenizer once
+  (thread-safe), renders, sends, and returns a :class:`Completion` (text, finish reason, what the connector did).
 
 Needs only the tokenizer of the served checkpoint and this package (no vLLM, no torch model).
 """
@@ -17,13 +20,16 @@ Needs only the tokenizer of the served checkpoint and this package (no vLLM, no 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from block_attention.core.blocks import Block, as_blocks, check_unique_ids
+from block_attention.core.config import GenerationConfig
 from block_attention.core.layout import PromptLayout
 from block_attention.core.prompt import Message, PromptBuilder
 from block_attention.vllm_connector.protocol import PARAM, BlockRef, BlockRequest, cache_salt
@@ -99,3 +105,73 @@ def complete(base_url: str, model: str, request: Plan, *, encode: Literal["missi
     if encode == "missing" and missing:
         encode_all(missing)
     return response
+
+
+Encode = Literal["missing", "first", "never"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer from the server: its text, why it stopped, and the connector's outcome (see :func:`outcome`)."""
+
+    text: str
+    finish_reason: str | None
+    outcome: dict[str, Any]
+    usage: dict[str, Any]
+
+
+def sampling_fields(generation: GenerationConfig) -> dict[str, Any]:
+    """The ``/v1/completions`` sampling fields that ask vLLM for what ``generation`` asks the engine for."""
+    fields: dict[str, Any] = {"max_tokens": generation.max_new_tokens, "stop": list(generation.stop) or None,
+                              "ignore_eos": not generation.stop_on_eos}
+    if generation.do_sample:
+        fields.update(temperature=generation.temperature, top_p=generation.top_p, seed=generation.seed,
+                      top_k=generation.top_k or None)
+    else:
+        fields["temperature"] = 0.0
+    return fields
+
+
+@dataclass
+class VLLMBlockClient:
+    """A vLLM server running the connector: ``base_url``, its served ``model`` name, and ``tokenizer`` (the served
+    checkpoint folder, whose tokenizer renders prompts exactly as the engine does). ``encode`` as in
+    :func:`complete`. Safe to share between threads (the tokenizer loads once, under a lock)."""
+
+    base_url: str
+    model: str
+    tokenizer: str | os.PathLike[str]
+    encode: Encode = "missing"
+    timeout_s: float = 600.0
+    _builder: PromptBuilder | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.encode not in ("missing", "first", "never"):
+            raise ValueError(f"encode must be 'missing', 'first' or 'never', got {self.encode!r}.")
+
+    @property
+    def builder(self) -> PromptBuilder:
+        with self._lock:
+            if self._builder is None:
+                from transformers import AutoTokenizer
+
+                self._builder = PromptBuilder(AutoTokenizer.from_pretrained(os.fspath(self.tokenizer)))
+            return self._builder
+
+    def complete(self, blocks: Sequence[Block | str], question: str, *, system: str | None = None,
+                 history: Sequence[Message] = (), mode: Literal["block", "full"] = "block",
+                 **sampling: Any) -> Completion:
+        """Answer ``question`` over ``blocks`` (``mode="full"``: the same tokens as one plain prompt, computed by
+        vLLM with full attention). ``sampling``: ``/v1/completions`` fields (max_tokens, temperature, top_p, top_k,
+        seed, stop)."""
+        if mode not in ("block", "full"):
+            raise ValueError(f"mode must be 'block' or 'full', got {mode!r}.")
+        request = plan(self.builder, blocks, question, system=system, history=history)
+        if mode == "full":
+            request = Plan(request.layout, None)
+        reply = complete(self.base_url, self.model, request, encode=self.encode, timeout_s=self.timeout_s,
+                         **{k: v for k, v in sampling.items() if v is not None})
+        choice = reply["choices"][0]
+        return Completion(choice.get("text") or "", choice.get("finish_reason"), outcome(reply),
+                          dict(reply.get("usage") or {}))

@@ -3,6 +3,7 @@
 Public names (imported on first use, so importing the package loads neither torch nor a model):
 
 * :class:`BlockAttentionLLM`: a ``CustomLLM`` taking ``nodes=[...]`` / ``blocks=[...]`` per call.
+* :class:`BlockAttentionVLLM`: the same LLM answered by a vLLM server running the block-attention connector.
 * :class:`BlockAttentionSynthesizer`: a response synthesizer giving each retrieved node its own cached block.
 * :class:`BlockAttentionIndexRetriever`: a retriever over a ``block_attention`` Faiss index folder.
 * :func:`node_to_block` / :func:`to_blocks`: the node -> block mapping (key ``node_id:hash``).
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "BlockAttentionLLM": "base",
+    "BlockAttentionVLLM": "vllm",
     "BlockAttentionSynthesizer": "synthesizer",
     "BlockAttentionIndexRetriever": "retriever",
     "node_to_block": "blocks",
