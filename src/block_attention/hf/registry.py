@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from block_attention.core.errors import ModelLoadError
+from block_attention.core.extras import require
 
 DEFAULT_DTYPE = "float32"
 # The instruction small instruction-tuned readers answer best with (tuned on held-out invented-fact data, not on
@@ -222,10 +223,7 @@ def load_with_adapter(path: str | os.PathLike[str], *, dtype: Any, device: str |
     base = record["base"]
     base_path = str(checkpoint_dir(base)) if base in REAL_MODELS else base
     model, tokenizer = models.load_pretrained(base_path, dtype=dtype, device=device)
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise ModelLoadError("Loading a LoRA adapter needs peft; install it with `pip install peft`.") from None
+    PeftModel = require("train", "peft").PeftModel  # LoRA adapters are what the [train] extra makes
     merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     merged.config.block_attention = {k: record[k] for k in ("prompt_config", "trained_with") if k in record}
     merged.config._name_or_path = str(path)
