@@ -236,13 +236,13 @@ def library_server(model_dir: Path, *, threads: int, memory_mib: int = 4096, max
 
 def check(peer: str) -> int:
     """Start one peer on the dequantized checkpoint, send one greedy completion, print it, stop the peer."""
-    import smollm2
+    from block_attention.hf import registry  # the one SmolLM2 resolver
 
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "peer-check"
     if peer == "vllm":
-        server = vllm_server(smollm2.checkpoint("float32"), dtype="float32", threads=2)
+        server = vllm_server(registry.checkpoint_dir("smollm2-135m"), dtype="float32", threads=2)
     elif peer == "llamacpp":
-        server = llamacpp_server(smollm2.gguf_path(), threads=2)
+        server = llamacpp_server(registry.gguf_path("smollm2-135m"), threads=2)
     else:
         raise SystemExit("usage: python benchmarks/peer_servers.py check vllm|llamacpp")
     print("starting:", server.command(), flush=True)
@@ -258,7 +258,7 @@ def check(peer: str) -> int:
         print(f"{peer} answered an empty completion; not marking it ready", flush=True)
         return 1
     ready = PEERS_DIR / peer / "READY"  # other sessions wait for this file before using the peer
-    ready.write_text(f"{peer} {server.settings['version']} serves {smollm2.NAME} "
+    ready.write_text(f"{peer} {server.settings['version']} serves SmolLM2-135M-Instruct "
                      f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n{server.command()}\n")
     print(f"wrote {ready}", flush=True)
     return 0

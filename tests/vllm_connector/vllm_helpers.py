@@ -41,9 +41,10 @@ def require_vllm() -> Path:
 
 def smollm2_folder() -> Path:
     """SmolLM2's float32 checkpoint folder (made once); skips, naming the install command, without the GGUF."""
-    from block_attention.testing import smollm2
+    from block_attention.core.errors import ModelLoadError
+    from block_attention.hf import registry
 
     try:
-        return smollm2.checkpoint()
-    except FileNotFoundError as exc:
+        return registry.checkpoint_dir("smollm2-135m")
+    except ModelLoadError as exc:
         pytest.skip(str(exc))

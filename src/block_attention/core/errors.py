@@ -3,7 +3,8 @@
 Every error a user can trigger derives from :class:`BlockAttentionError` and carries a full sentence that
 names the fix. Cache problems are *not* errors: a broken or stale cache entry is dropped and recomputed.
 Invalid configuration values raise :class:`ConfigError`; malformed requests :class:`InvalidRequestError`;
-retrieval problems a :class:`RetrievalError`; training data problems :class:`TrainingDataError`.
+retrieval problems a :class:`RetrievalError`; training data problems :class:`TrainingDataError`; a missing
+optional dependency :class:`MissingExtraError` (naming the extra that installs it).
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ class StoreError(BlockAttentionError):
 
 class ModelLoadError(BlockAttentionError):
     """The model could not be found or loaded."""
+
+
+class MissingExtraError(BlockAttentionError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install 'block-attention-rag[EXTRA]'``
+    that installs it (:mod:`block_attention.core.extras`). ``extra`` and ``module`` say which."""
+
+    def __init__(self, message: str, *, extra: str = "", module: str = "") -> None:
+        super().__init__(message, name=module)
+        self.extra = extra
+        self.module = module
 
 
 class TrainingDataError(BlockAttentionError, ValueError):

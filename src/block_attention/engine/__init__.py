@@ -10,8 +10,7 @@ internals are reached through :mod:`block_attention.hf` only. Importing the pack
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from block_attention.core.lazy import lazy_exports
 
 _EXPORTS = {
     "BlockAttentionEngine": "engine",
@@ -19,10 +18,4 @@ _EXPORTS = {
     "PrefillOutput": "stages", "RequestPlan": "stages", "RequestStats": "stages", "TextStream": "stages",
     "WarmReport": "stages",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'block_attention.engine' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

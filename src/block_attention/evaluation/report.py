@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from block_attention.core.extras import require
+
 from .harness import EvalResult
 
 COLUMNS = ("mode", "n", "EM", "F1", "contained", "agree w/ full", "KL(mode||full)", "gold NLL", "TTFT ms (median)")
@@ -56,8 +58,7 @@ def write_json(result: EvalResult, path: str | Path, extra: dict[str, Any] | Non
 
 def plot(result: EvalResult, path: str | Path) -> Path:
     """Two panels: answer metrics per mode (bars), and median TTFT per mode with KL to full annotated."""
-    import matplotlib
-
+    matplotlib = require("eval", "matplotlib")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

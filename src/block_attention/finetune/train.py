@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from block_attention.core.errors import ConfigError
+from block_attention.core.extras import require
 from block_attention.core.prompt import PromptConfig, recorded_prompt_config
 from block_attention.hf.registry import ADAPTER_RECORD  # the record the loader reads beside an adapter
 from .collator import BlockCollator, CollatorMode, LabelScope, TrainingDataError
@@ -127,6 +128,7 @@ def check_attention(model: Any) -> None:
 def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], config: TrainConfig | None = None,
           prompt_config: PromptConfig | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples`` with the block (or full/mixed) mask; returns it in eval mode."""
+    require("train", "accelerate")  # transformers' Trainer needs it
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     config = config or TrainConfig()
@@ -184,10 +186,8 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]], con
 
 def with_lora(model: Any, r: int, alpha: float | None = None) -> Any:
     """``model`` wrapped in a fresh LoRA adapter (peft) of rank ``r`` on every attention and MLP projection."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("LoRA fine-tuning needs peft; install it with `pip install peft`.") from None
+    require("train", "peft")
+    from peft import LoraConfig, get_peft_model
     targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                       if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")})
     lora = LoraConfig(r=r, lora_alpha=float(alpha if alpha is not None else 2 * r), lora_dropout=0.0,

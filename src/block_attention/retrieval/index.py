@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
 from block_attention.core.errors import IndexFormatError
+from block_attention.core.extras import require
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,6 +87,7 @@ class VectorIndex:
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
         if not is_int(dim) or dim < 1:
             raise ConfigError(f"Index dimension must be a positive int, got {dim!r}.")
+        require("retrieval", "faiss")
         self.dim = dim
         self.config = config or IndexConfig()
         self._index: Any = self._new_idmap_index("hnsw" if self.config.kind == "hnsw" else "flat")
@@ -188,7 +190,7 @@ class VectorIndex:
     @classmethod
     def load(cls, path: str | Path, dim: int, config: IndexConfig | None = None) -> VectorIndex:
         """Read an index written by :meth:`save`; raises :class:`IndexFormatError` when it cannot be used."""
-        import faiss
+        faiss = require("retrieval", "faiss")
 
         path = Path(path)
         try:

@@ -26,18 +26,11 @@ Contract:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from block_attention.core.lazy import lazy_exports
 
 # Lazy: the scheduler (``.batching``) needs no web framework; the server names load FastAPI on first use.
 _EXPORTS = {
     "create_app": "app", "RequestRejected": "openai_format", "ServerThread": "runner", "run_server": "runner",
     "ServerSettings": "settings", "BatchScheduler": "batching",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'block_attention.serving' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

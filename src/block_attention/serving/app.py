@@ -19,6 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from block_attention.core.extras import require
+
+for _module in ("fastapi", "prometheus_client"):  # a missing [serve] extra raises MissingExtraError naming it
+    require("serve", _module)
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError

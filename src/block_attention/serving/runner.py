@@ -13,15 +13,11 @@ from types import TracebackType
 from typing import Any
 
 from block_attention.core.errors import BlockAttentionError
+from block_attention.core.extras import require
 
 
 def _uvicorn() -> Any:
-    try:
-        import uvicorn
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise BlockAttentionError("Serving needs fastapi and uvicorn; install them with "
-                                  "`pip install 'block-attention-rag[serve]'`.") from exc
-    return uvicorn
+    return require("serve", "uvicorn")
 
 
 def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

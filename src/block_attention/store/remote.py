@@ -34,6 +34,7 @@ from typing import Any
 
 import block_attention.store.serialize as serialize
 from block_attention.core.errors import StoreError
+from block_attention.core.extras import require
 from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
 from block_attention.store.tier import KVTier, TierStats
@@ -44,12 +45,7 @@ DEFAULT_PREFIX = "block-attention:kv:"
 
 
 def _redis() -> Any:
-    try:
-        import redis
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise StoreError("The remote KV tier needs the redis client; install it with "
-                         "`pip install 'block-attention-rag[serve]'` (or `pip install redis`).") from exc
-    return redis
+    return require("serve", "redis")
 
 
 class RedisTier(KVTier):
