@@ -119,7 +119,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
                       if retriever is not None else [])
         doc_ids.extend(b.key for b in blocks)
         return engine.plan_request(blocks, ereq.question, system=ereq.system, history=list(ereq.history),
-                                   mode=ereq.mode, **ereq.generation)
+                                   mode=ereq.mode, generation=ereq.generation)
 
     async def complete(request: Request, schema: type[BaseModel],
                        translate: Callable[[Any, ServerSettings], EngineRequest], chat: bool) -> Response:
