@@ -114,8 +114,7 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
         """Runs on the model thread: retrieve when asked, then plan the request (raises if it cannot run)."""
         blocks = ereq.blocks
         if blocks is None:
-            blocks = ([s.passage.to_block(score=float(s.score)) for s in retriever.search(ereq.question,
-                                                                                           settings.top_k)]
+            blocks = ([hit.to_block() for hit in retriever.search(ereq.question, settings.top_k)]
                       if retriever is not None else [])
         doc_ids.extend(b.key for b in blocks)
         return engine.plan_request(blocks, ereq.question, system=ereq.system, history=list(ereq.history),
