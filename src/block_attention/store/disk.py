@@ -69,6 +69,7 @@ import block_attention.store.serialize as serialize
 from block_attention.core.errors import StoreError
 from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
+from block_attention.store.standard import DISK
 from block_attention.store.tier import KVTier, TierStats
 
 logger = logging.getLogger("block_attention.store")
@@ -120,7 +121,7 @@ def _doc_column(doc_id: str) -> str:
 class DiskTier(KVTier):
     """Size-bounded LRU disk cache of serialized block KV, keyed by :class:`CacheKey` (see the module docstring)."""
 
-    name = "disk"
+    name = DISK
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int, *, codec: str = "none") -> None:
         self._codec = codec  # how put() serializes (store/codec.py); get() reads any codec, "none" only exact ones
