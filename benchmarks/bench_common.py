@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: model + synthetic corpus, timing, memory sampling, the prefix-cache baseline,
-analytic FLOPs and environment capture.
+analytic FLOPs and environment capture (CPU model and flags: :func:`cpu_model`, :func:`cpu_flags`,
+:func:`native_bf16`). Importing it changes nothing; each benchmark's ``main()`` calls :func:`setup` first.
 
 Nothing here downloads anything unless ``--model`` names a hub id. The default model is built from a config with
 random weights: timings are real, generated text is meaningless.
@@ -21,19 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import DynamicCache
+
+from block_attention import Block
+from block_attention.hf.compat import cache_kwargs, output_cache
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO / "src") not in sys.path:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO / "src"))
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import DynamicCache  # noqa: E402
-
-from block_attention import Block  # noqa: E402
-from block_attention.hf.compat import cache_kwargs, output_cache  # noqa: E402
+def setup() -> None:
+    """The first call of every benchmark's ``main()``: hub access off by default (``HF_HUB_OFFLINE`` and
+    ``TRANSFORMERS_OFFLINE`` set to 1 unless the caller set them) in the environment the processes it starts
+    inherit. Importing this module changes nothing; the benchmarks import the installed package (``bash
+    scripts/run.sh`` installs it, and exports the same defaults for the benchmark process itself, whose hub
+    library reads them when it is imported)."""
+    for name, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 # Qwen2-0.5B's shape (hidden 896, 24 layers, 14 query heads, 2 KV heads, head_dim 64, MLP 4864, tied embeddings).
 # The vocabulary is the offline tiny tokenizer's (600 ids) instead of 151,936: every method computes logits for the
@@ -361,7 +368,8 @@ def drop_page_cache(directory: str | os.PathLike[str]) -> int:
 
 # -- environment ----------------------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor name elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -372,7 +380,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
+    """The CPU flags the benchmarks report (AVX2, AVX-512, bf16/fp16 and AMX ones this CPU has), sorted."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -386,7 +395,7 @@ def _cpu_flags() -> list[str]:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(_cpu_flags()))
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -394,7 +403,7 @@ def environment(device: str) -> dict[str, Any]:
 
     env: dict[str, Any] = {
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-        "platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_flags": _cpu_flags(),
+        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
         "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),

@@ -230,6 +230,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    bc.setup()
     args = parse_args(argv)
     t_start = time.perf_counter()
     if args.threads:

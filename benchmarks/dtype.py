@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import bench_common as bc
+
 
 def _measure(model_name: str, dtype_name: str, tokens: int, repeats: int) -> dict:
     import torch
@@ -58,6 +60,7 @@ def _measure(model_name: str, dtype_name: str, tokens: int, repeats: int) -> dic
 
 
 def main() -> int:
+    bc.setup()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=1024)
@@ -83,12 +86,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['isa']:8} {r['dtype']:8} {r['prefill_s'] * 1e3:12.0f}ms {r['decode_step_s'] * 1e3:10.1f}ms "
               f"{r['warm_ttft_s'] * 1e3:8.0f}ms")
-    cpu = ""
-    if Path("/proc/cpuinfo").is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-        flags = Path("/proc/cpuinfo").read_text()
-        cpu += " (avx512_bf16)" if "avx512_bf16" in flags else " (no avx512_bf16)"
+    cpu = bc.cpu_model() + (" (avx512_bf16)" if "avx512_bf16" in bc.cpu_flags() else " (no avx512_bf16)")
     result = {"benchmark": "dtype", "model": args.model, "tokens": args.tokens, "cpu": cpu,
               "machine": platform.machine(), "threads": os.cpu_count(), "rows": rows}
     if args.out:

@@ -405,6 +405,7 @@ ROW_LABELS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    bc.setup()
     args = parse_args(argv)
     t_start = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the servers it started stop too

@@ -23,11 +23,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent / "src") not in sys.path:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent / "src"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,6 +103,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name, value in _ENV_DEFAULTS.items():  # before the first (lazy) import of transformers; unless set
+        os.environ.setdefault(name, value)
     args = parse_args(argv)
     import torch
 

@@ -77,6 +77,7 @@ def timed_request(client: httpx.Client, body: dict[str, Any]) -> tuple[float, di
 
 
 def main(argv: list[str] | None = None) -> int:
+    bc.setup()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     n_passages = args.passages or (3 if args.quick else 8)

@@ -452,6 +452,7 @@ def plot(entries: list[dict[str, Any]], path: Path, title: str) -> str | None:
 # -- main -----------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    bc.setup()
     args = parse_args(argv)
     start = time.perf_counter()
     if args.threads:

@@ -171,6 +171,7 @@ def print_summary(w: dict[str, Any], log: Any = print) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    bc.setup()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")

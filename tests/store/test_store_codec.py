@@ -46,6 +46,22 @@ def test_decoding_refuses_tensors_it_did_not_write():
         StoreConfig(kv_codec="fp4")
 
 
+def test_codec_names_are_checked_once_with_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    sentence = ("StoreConfig.kv_codec must be 'none' or 'int8', got 'fp4'; pass kv_codec='int8' to halve disk and "
+                "remote bytes (lossy), or 'none'.")
+    with pytest.raises(ConfigError) as caught:
+        StoreConfig(kv_codec="fp4")
+    assert str(caught.value) == sentence
+    with pytest.raises(ConfigError) as caught:
+        codec.check_codec("fp4")
+    assert str(caught.value) == sentence
+    assert [codec.check_codec(name) for name in codec.CODECS] == ["none", "int8"]
+    assert not codec.is_codec(["none"]) and not codec.is_codec(None)
+    monkeypatch.setattr(codec, "CODECS", ("none",))  # the config asks the codec module, not a copy of its list
+    with pytest.raises(ConfigError, match="must be 'none', got 'int8'"):
+        StoreConfig(kv_codec="int8")
+
+
 def test_requests_served_from_an_int8_disk_tier_stay_close_to_exact(tok, docs, tmp_path):
     model = tiny_model("llama", seed=5)
     store = StoreConfig(memory_bytes=0, disk_dir=tmp_path / "kv", kv_codec="int8")

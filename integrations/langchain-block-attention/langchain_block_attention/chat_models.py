@@ -37,10 +37,11 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables.config import run_in_executor
 
+from block_attention.frameworks.chat import ChatShapeError, split_chat
 from block_attention.frameworks.markers import split_prompt
 from block_attention.frameworks.runtime import iterate_in_thread, stats_metadata
 
-from ._params import BlockAttentionParams, history_turns, parse_call_options
+from ._params import BlockAttentionParams, parse_call_options
 from .documents import to_blocks
 
 if TYPE_CHECKING:
@@ -129,31 +130,31 @@ class ChatBlockAttention(BlockAttentionParams, BaseChatModel):
         return ChatGenerationChunk(message=message)
 
 
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}  # message.type -> engine role; others: None
+
+
 def split_messages(messages: Sequence[BaseMessage]) -> tuple[str | None, list[dict[str, str]], str, list[Any]]:
     """``(system, history turns, question, documents attached to the question)`` of a message list."""
-    if not messages:
-        raise ValueError("ChatBlockAttention needs at least one message; pass [HumanMessage(question)].")
-    *earlier, last = messages
-    if last.type != "human":
-        raise ValueError(
-            f"The last message must be a human message holding the question, got a {last.type!r} message; append "
-            "HumanMessage(question) to the list."
-        )
-    system_parts: list[str] = []
-    turns: list[BaseMessage] = []
-    for message in earlier:
-        if message.type == "system":
-            system_parts.append(_text(message))
-        elif message.type in ("human", "ai"):
-            _text(message)
-            turns.append(message)
-        else:
+    pairs = [(_ROLES.get(message.type), str(message.text)) for message in messages]
+    try:
+        chat = split_chat(pairs)
+    except ChatShapeError as error:
+        if error.problem == "no_messages":
+            raise ValueError("ChatBlockAttention needs at least one message; pass [HumanMessage(question)].") from None
+        if error.problem == "last_not_user":
             raise ValueError(
-                f"ChatBlockAttention does not support {message.type!r} messages (no tool calling); pass only "
-                "system, human and AI messages."
-            )
-    system = "\n\n".join(system_parts) if system_parts else None
-    return system, history_turns(turns), _text(last), list(last.additional_kwargs.get("documents") or [])
+                f"The last message must be a human message holding the question, got a {messages[-1].type!r} "
+                "message; append HumanMessage(question) to the list."
+            ) from None
+        for message in messages[:error.index]:  # the messages before it are text-checked first, as they are read
+            _text(message)
+        raise ValueError(
+            f"ChatBlockAttention does not support {messages[error.index].type!r} messages (no tool calling); pass "
+            "only system, human and AI messages."
+        ) from None
+    for message in messages:
+        _text(message)
+    return chat.system, list(chat.history), chat.question, list(messages[-1].additional_kwargs.get("documents") or [])
 
 
 def _text(message: BaseMessage) -> str:

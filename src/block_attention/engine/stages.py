@@ -20,7 +20,7 @@ from block_attention.core.config import Mode
 from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout
 from block_attention.store.keys import CacheKey
-from block_attention.store.tier import HitsByTier
+from block_attention.store.standard import HitsByTier
 
 @dataclass(frozen=True)
 class RequestPlan:

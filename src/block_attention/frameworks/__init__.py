@@ -5,6 +5,7 @@
   string that carries them, so a recipe that flattens documents into a prompt still gets one cached block each.
 * :mod:`.documents`: :class:`DocumentRef` (a framework document reduced to text, id, title, score) and
   :func:`documents_to_blocks` (keying, duplicate ids).
+* :mod:`.chat`: chat messages as ``(system, history, question)`` (:func:`split_chat`), for every chat front end.
 * :mod:`.options`: decoding settings from framework knobs (:func:`sampling_from`) and chat-role mapping.
 * :mod:`.runtime`: the lazily loaded, picklable engine holder (:class:`LazyEngine`), running a blocking stream
   from async code (:func:`iterate_in_thread`) and the stats dictionary frameworks expose (:func:`stats_metadata`).
@@ -20,6 +21,7 @@ _EXPORTS = {
     "BLOCK_SEPARATOR": "markers", "format_blocks": "markers", "mark_block": "markers", "split_prompt": "markers",
     "SplitPrompt": "markers", "looks_like_flat_context": "markers", "FLAT_CONTEXT_HINT": "markers",
     "DocumentRef": "documents", "documents_to_blocks": "documents", "DuplicateKeyPolicy": "documents",
+    "split_chat": "chat", "ChatParts": "chat", "ChatShapeError": "chat",
     "sampling_from": "options", "engine_role": "options", "ROLE_NAMES": "options",
     "LazyEngine": "runtime", "iterate_in_thread": "runtime", "stats_metadata": "runtime",
 }

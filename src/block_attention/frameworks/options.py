@@ -1,4 +1,4 @@
-"""Decoding settings and chat roles from framework knobs, the same way for every integration.
+"""Decoding settings and chat roles from framework knobs, the same way for every integration and the server.
 
 * :func:`sampling_from`: ``temperature`` ``None`` or ``0`` means greedy decoding (``top_p``/``top_k`` ignored);
   ``> 0`` means seeded sampling with ``top_p`` (default 1) and ``top_k`` (default 0, off). ``max_new_tokens`` is

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from block_attention.core.blocks import check_text
+from block_attention.core.checks import is_int
 from block_attention.core.errors import InvalidRequestError
 from block_attention.core.errors import CorpusFormatError, CorpusNotFoundError, EmptyCorpusError
 
@@ -231,7 +232,7 @@ def _load_jsonl(file: Path, source: str) -> list[Document]:
         raw_id = record.get("id")
         if raw_id is None:
             doc_id = f"{source}:{line_no}"
-        elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        elif (isinstance(raw_id, str) or is_int(raw_id)) and str(raw_id).strip():
             doc_id = str(raw_id)
         else:
             raise CorpusFormatError(f'Record at {where} has an invalid "id" {raw_id!r}; use a non-empty string.')

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
 from block_attention.core.errors import IndexFormatError, IndexNotFoundError
 from .chunking import ChunkingConfig
@@ -41,7 +42,7 @@ class Manifest:
     def __post_init__(self) -> None:
         if not isinstance(self.embedder_name, str) or not self.embedder_name:
             raise ConfigError(f"Manifest embedder_name must be a non-empty str, got {self.embedder_name!r}.")
-        if not isinstance(self.dimension, int) or isinstance(self.dimension, bool) or self.dimension < 1:
+        if not is_int(self.dimension) or self.dimension < 1:
             raise ConfigError(f"Manifest dimension must be a positive int, got {self.dimension!r}.")
         if self.token_counter not in TOKEN_COUNTERS:
             raise ConfigError(f"Manifest token_counter must be one of {TOKEN_COUNTERS}, got {self.token_counter!r}.")

@@ -29,6 +29,8 @@ class _Scored(Protocol):
     passage: _Passage
     score: float
 
+    def to_block(self) -> Block: ...
+
 
 class RetrieverLike(Protocol):
     def search(self, query: str, top_k: int = 5) -> list[Any]: ...
@@ -116,7 +118,7 @@ class RAGPipeline:
 
     def blocks(self, sources: Sequence[_Scored]) -> list[Block]:
         """Blocks in prompt order for ranked ``sources`` (best first)."""
-        blocks = [s.passage.to_block(score=float(s.score)) for s in sources]
+        blocks = [s.to_block() for s in sources]
         return blocks[::-1] if self.config.order == "reversed" else blocks
 
     def stream(self, question: str, *, top_k: int | None = None, mode: Mode | None = None,

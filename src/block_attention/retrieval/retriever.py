@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from block_attention.core.blocks import Block, check_text
+from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError, InvalidRequestError
 from block_attention.core.errors import EmbedderMismatchError, EmptyCorpusError, IndexExistsError, IndexFormatError
 from .chunking import ChunkingConfig, Passage, TokenCounter, chunk_document
@@ -338,7 +339,7 @@ class Retriever:
             if not isinstance(query, str) or not query.strip():
                 raise InvalidRequestError(f"A search query must be a non-empty str, got {query!r}.")
             check_text(query, "A search query")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        if not is_int(top_k) or top_k < 1:
             raise InvalidRequestError(f"top_k must be a positive int, got {top_k!r}.")
         if not queries:
             return []

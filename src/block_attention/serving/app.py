@@ -119,12 +119,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None, *, retriever
         """Runs on the model thread: retrieve when asked, then plan the request (raises if it cannot run)."""
         blocks = ereq.blocks
         if blocks is None:
-            blocks = ([s.passage.to_block(score=float(s.score)) for s in retriever.search(ereq.question,
-                                                                                           settings.top_k)]
+            blocks = ([hit.to_block() for hit in retriever.search(ereq.question, settings.top_k)]
                       if retriever is not None else [])
         doc_ids.extend(b.key for b in blocks)
         return engine.plan_request(blocks, ereq.question, system=ereq.system, history=list(ereq.history),
-                                   mode=ereq.mode, **ereq.generation)
+                                   mode=ereq.mode, generation=ereq.generation)
 
     async def complete(request: Request, schema: type[BaseModel],
                        translate: Callable[[Any, ServerSettings], EngineRequest], chat: bool) -> Response:

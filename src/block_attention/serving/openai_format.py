@@ -3,8 +3,9 @@
 * :func:`chat_request` / :func:`completion_request` turn a validated body into an :class:`EngineRequest`:
   ``documents`` become blocks keyed by ``doc_id`` (or a digest of the text); system and developer messages
   become the instruction, earlier user/assistant turns the history, and the last message (which must be the
-  user's) the question. ``temperature`` absent or ``0`` means greedy decoding (deterministic answers);
-  ``temperature > 0`` samples, reproducibly with ``seed``.
+  user's) the question (:func:`block_attention.frameworks.chat.split_chat`). Decoding settings follow the
+  frameworks' one rule (:func:`block_attention.frameworks.options.sampling_from`): ``temperature`` absent or ``0``
+  means greedy decoding (deterministic answers); ``temperature > 0`` samples, reproducibly with ``seed``.
 * Responses carry ``usage`` and a ``block_attention`` object (mode, hits and misses per tier, TTFT, queue time,
   dropped doc ids) next to the standard fields; the last stream chunk carries the same object.
 * :class:`RequestRejected` is the one error type of the routes: it knows its HTTP status and renders as an
@@ -19,13 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from block_attention.core.blocks import Block
+from block_attention.core.config import GenerationConfig
 from block_attention.core.errors import InvalidRequestError
 from block_attention.engine.stages import Generation, RequestStats
+from block_attention.frameworks.chat import ChatShapeError, split_chat
+from block_attention.frameworks.options import sampling_from
 
 from .schema import ChatCompletionRequest, CompletionRequest, _Common, unsupported_fields
 from .settings import ServerSettings
 
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}  # tool: None
 
 
 class RequestRejected(InvalidRequestError):
@@ -56,23 +61,16 @@ class EngineRequest:
     system: str | None = None
     history: tuple[dict[str, str], ...] = ()
     mode: str | None = None
-    generation: dict[str, Any] = field(default_factory=dict)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
-def _generation(req: _Common, settings: ServerSettings, max_tokens: int | None) -> dict[str, Any]:
+def _generation(req: _Common, settings: ServerSettings, max_tokens: int | None) -> GenerationConfig:
     unsupported = unsupported_fields(req)
     if unsupported is not None:
         raise RequestRejected(400, f"The field {unsupported!r} is not supported by this server; remove it (one "
                                    "choice, no log-probabilities, no tools).", param=unsupported)
-    options: dict[str, Any] = {"max_new_tokens": max_tokens or settings.default_max_tokens,
-                               "stop": req.stop_strings()}
-    if req.temperature:
-        options.update(do_sample=True, temperature=req.temperature)
-        if req.top_p is not None:
-            options["top_p"] = req.top_p
-        if req.seed is not None:
-            options["seed"] = req.seed
-    return options
+    return sampling_from(max_new_tokens=max_tokens or settings.default_max_tokens, temperature=req.temperature,
+                         top_p=req.top_p, seed=req.seed, stop=req.stop_strings())
 
 
 def _blocks(req: _Common) -> list[Block] | None:
@@ -82,26 +80,21 @@ def _blocks(req: _Common) -> list[Block] | None:
 
 
 def chat_request(req: ChatCompletionRequest, settings: ServerSettings) -> EngineRequest:
-    *earlier, last = req.messages
-    if last.role != "user":
+    pairs = [(_ROLES.get(message.role), message.text()) for message in req.messages]
+    try:
+        chat = split_chat(pairs, require_question=True)
+    except ChatShapeError as error:
+        role = req.messages[error.index].role
+        if error.problem == "empty_question":
+            raise RequestRejected(400, "The last user message is empty; send the question as its content.",
+                                  param="messages") from None
+        if error.problem == "unsupported_role":
+            raise RequestRejected(400, f"Messages with role {role!r} are not supported; send system, user "
+                                       "and assistant messages only.", param="messages") from None
         raise RequestRejected(400, f"The last message must come from the user (it is the question), got role "
-                                   f"{last.role!r}; end `messages` with a user message.", param="messages")
-    question = last.text()
-    if not question.strip():
-        raise RequestRejected(400, "The last user message is empty; send the question as its content.",
-                              param="messages")
-    system_parts: list[str] = []
-    history: list[dict[str, str]] = []
-    for message in earlier:
-        if message.role in ("system", "developer"):
-            system_parts.append(message.text())
-        elif message.role in ("user", "assistant"):
-            history.append({"role": message.role, "content": message.text()})
-        else:
-            raise RequestRejected(400, f"Messages with role {message.role!r} are not supported; send system, user "
-                                       "and assistant messages only.", param="messages")
+                                   f"{role!r}; end `messages` with a user message.", param="messages") from None
     max_tokens = req.max_completion_tokens or req.max_tokens
-    return EngineRequest(_blocks(req), question, "\n\n".join(system_parts) or None, tuple(history), req.mode,
+    return EngineRequest(_blocks(req), chat.question, chat.system or None, chat.history, req.mode,
                          _generation(req, settings, max_tokens))
 
 

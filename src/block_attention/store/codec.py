@@ -6,7 +6,7 @@ round to nearest. Bytes per element fall from 2 (bf16/fp16) or 4 (fp32) to 1 plu
 bytes per element). Decoding returns the original dtype and shape. The memory tier never holds compressed KV, so
 only entries read back from disk or Redis carry the quantization error (measured in docs/benchmarks.md).
 
-Contract: :func:`encode` maps a :class:`~block_attention.core.kv.BlockKV` to named CPU tensors, :func:`decode` inverts
+Contract: :func:`check_codec` is the one check of a codec name (:data:`CODECS`); :func:`encode` maps a :class:`~block_attention.core.kv.BlockKV` to named CPU tensors, :func:`decode` inverts
 it and raises :class:`~block_attention.core.errors.CorruptEntryError` when the tensors are not what ``encode`` writes.
 """
 
@@ -16,12 +16,25 @@ from typing import Literal
 
 import torch
 
-from block_attention.core.errors import CorruptEntryError
+from block_attention.core.errors import ConfigError, CorruptEntryError
 from block_attention.core.kv import BlockKV
 
 Codec = Literal["none", "int8"]
 CODECS = ("none", "int8")
 _Q = 127.0
+
+
+def is_codec(name: object) -> bool:
+    """Whether ``name`` is one of :data:`CODECS`."""
+    return isinstance(name, str) and name in CODECS
+
+
+def check_codec(name: object, setting: str = "StoreConfig.kv_codec") -> Codec:
+    """``name`` as a :data:`Codec`, or a :class:`ConfigError` naming ``setting`` and the valid names."""
+    if not is_codec(name):
+        raise ConfigError(f"{setting} must be {' or '.join(repr(c) for c in CODECS)}, got {name!r}; pass "
+                          "kv_codec='int8' to halve disk and remote bytes (lossy), or 'none'.")
+    return name  # type: ignore[return-value]
 
 
 def names(codec: Codec) -> frozenset[str]:

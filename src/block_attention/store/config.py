@@ -14,6 +14,7 @@ import torch
 
 from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
+from block_attention.store.codec import check_codec
 
 GiB = 1024**3
 MIN_DISK_BYTES = 1024**2  # below this the sqlite index alone would fill the budget
@@ -66,9 +67,7 @@ class StoreConfig:
             raise ConfigError(f"StoreConfig.write_queue must be a positive integer, got {self.write_queue!r}; pass "
                               "e.g. write_queue=256.")
         _check_remote(self)
-        if self.kv_codec not in ("none", "int8"):
-            raise ConfigError(f"StoreConfig.kv_codec must be 'none' or 'int8', got {self.kv_codec!r}; pass "
-                              "kv_codec='int8' to halve disk and remote bytes (lossy), or 'none'.")
+        check_codec(self.kv_codec)
 
     @property
     def memory_enabled(self) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 from block_attention.core.kv import BlockKV
+from block_attention.store.standard import MEMORY
 from block_attention.store.tier import KVTier, TierStats
 
 K = TypeVar("K", bound=Hashable)
@@ -28,7 +29,8 @@ K = TypeVar("K", bound=Hashable)
 class MemoryTier(KVTier, Generic[K]):
     """Thread-safe LRU map ``key -> BlockKV`` bounded by total tensor bytes."""
 
-    name = "memory"
+    name = MEMORY
+    keeps_tensors = True  # holds the tensors it is given (no serialization)
 
     def __init__(self, max_bytes: int) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:

@@ -37,6 +37,7 @@ from block_attention.core.errors import StoreError
 from block_attention.core.extras import require
 from block_attention.core.kv import BlockKV
 from block_attention.store.keys import CacheKey
+from block_attention.store.standard import REMOTE
 from block_attention.store.tier import KVTier, TierStats
 
 logger = logging.getLogger("block_attention.store")
@@ -51,7 +52,7 @@ def _redis() -> Any:
 class RedisTier(KVTier):
     """Shared KV tier on a Redis server. See the module docstring for the contract."""
 
-    name = "remote"
+    name = REMOTE
 
     def __init__(self, url: str, *, ttl_s: int | None = None, max_value_bytes: int = 256 * 1024**2,
                  timeout_s: float = 0.5, retry_after_s: float = 2.0, prefix: str = DEFAULT_PREFIX,

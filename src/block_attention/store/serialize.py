@@ -28,7 +28,7 @@ from safetensors.torch import save as st_save
 
 from block_attention.core.errors import CorruptEntryError
 from block_attention.core.kv import BlockKV
-from block_attention.store.codec import CODECS, Codec, decode, encode, names
+from block_attention.store.codec import CODECS, Codec, decode, encode, is_codec, names
 from block_attention.store.keys import FORMAT_VERSION, CacheKey
 
 MAGIC = b"BAKV"
@@ -66,7 +66,7 @@ def loads(key: CacheKey, data: bytes, *, exact: bool = False) -> BlockKV:
     metadata = _read_metadata(payload)
     _check_metadata(key, metadata)
     codec = metadata.get("codec", "none")
-    if codec not in CODECS:
+    if not is_codec(codec):
         raise CorruptEntryError(f"entry uses codec {codec!r}; this library reads {list(CODECS)}")
     if exact and codec != "none":
         raise CodecRefused(f"entry is stored with the lossy codec {codec!r} and this reader is exact")

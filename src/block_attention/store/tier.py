@@ -1,4 +1,4 @@
-"""The one contract every KV tier implements (memory, disk, remote, or a backend of your own).
+"""The one contract every KV tier implements (the library's own tiers and any backend of your own).
 
 A tier maps :class:`~block_attention.store.keys.CacheKey` to :class:`~block_attention.core.kv.BlockKV`. The
 :class:`~block_attention.store.tiered.KVStore` composes an ordered list of tiers (fastest first): a lookup walks
@@ -10,18 +10,21 @@ Rules for implementers:
   unreachable backend) is a miss: log it, count it in ``corrupt_dropped`` when the entry itself was bad, and
   return ``None``. Never raise for a cache problem and never unpickle anything.
 * ``put`` stores the entry and returns whether it did; a failed write is logged and returns ``False``.
-  Tiers other than the memory tier must not keep references to the given tensors (serialize or copy).
+  A tier keeps references to the given tensors only if it says so with ``keeps_tensors = True``; the store then
+  hands it the tensors as they are (moved to ``StoreConfig.memory_device`` when one is set), writes to it in the
+  caller's thread (never behind), and empties it on close. Any other tier must serialize or copy.
 * ``contains`` says whether an entry is probably there, without validating it and without touching recency.
 * Every method is thread-safe. ``close`` is idempotent; a tier is not used after it.
 
-To add a backend (Valkey, S3, a shared file system), subclass :class:`KVTier`, give it a ``name`` and pass it in
-``KVStore(config, tiers=[...])`` (fastest first), then hand that store to the engine.
+To add a backend (Valkey, S3, a shared file system), subclass :class:`KVTier`, give it a ``name`` (the key of its
+counters in the store's stats) and its capabilities, pass it in ``KVStore(config, tiers=[...])`` (fastest first),
+then hand that store to the engine. The store treats a tier by its capabilities, never by its class or name; the
+library's standard tier names live in :mod:`block_attention.store.standard`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from block_attention.core.kv import BlockKV
@@ -40,33 +43,13 @@ class TierStats:
     errors: int = 0
 
 
-class HitsByTier:
-    """Mixin for frozen records with a ``hits_by_tier`` mapping: named views of the standard tiers' hits."""
-
-    hits_by_tier: Mapping[str, int]
-
-    @property
-    def hits(self) -> int:
-        return sum(self.hits_by_tier.values())
-
-    @property
-    def memory_hits(self) -> int:
-        return self.hits_by_tier.get("memory", 0)
-
-    @property
-    def disk_hits(self) -> int:
-        return self.hits_by_tier.get("disk", 0)
-
-    @property
-    def remote_hits(self) -> int:
-        return self.hits_by_tier.get("remote", 0)
-
-
 class KVTier(ABC):
     """One level of the KV store. See the module docstring for the contract."""
 
-    #: Short name used in stats and traces ("memory", "disk", "remote", ...). Unique within a store.
+    #: Short name used in stats and traces. Unique within a store.
     name: str = "tier"
+    #: Whether ``put`` keeps references to the given tensors instead of serializing or copying them.
+    keeps_tensors: bool = False
 
     @abstractmethod
     def get(self, key: CacheKey) -> BlockKV | None:
@@ -90,7 +73,7 @@ class KVTier(ABC):
 
     @abstractmethod
     def clear(self) -> int:
-        """Remove every entry; return how many (best effort for remote tiers)."""
+        """Remove every entry; return how many (best effort for shared backends)."""
 
     @abstractmethod
     def stats(self) -> TierStats:

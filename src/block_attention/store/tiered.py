@@ -6,10 +6,11 @@ Contract:
   ``None`` (counted as a miss). A hit in a lower tier is promoted into every tier above it, so the next lookup
   is served by the first tier. ``get(key)`` is ``lookup(key).kv``. There is no contains-then-get: one call, one
   answer.
-* ``put(key, kv)`` stores ``kv`` *as given* in the first tier when it is the memory tier (moved to
-  ``memory_device`` when one is configured) and writes it to every lower tier: synchronously (write-through, the
-  default) or, with ``StoreConfig(write_behind=True)``, on one background thread fed by a bounded queue (a full
-  queue makes the caller write synchronously; ``flush()`` and ``close()`` wait for every queued write). The store
+* ``put(key, kv)`` stores ``kv`` *as given* in every tier that keeps tensors (``KVTier.keeps_tensors``, e.g. the
+  memory tier; moved to ``memory_device`` when one is configured) and writes it to every other tier:
+  synchronously (write-through, the default) or, with ``StoreConfig(write_behind=True)``, on one background
+  thread fed by a bounded queue (a full queue makes the caller write synchronously; ``flush()`` and ``close()``
+  wait for every queued write). The store
   keeps a reference to the tensors it is handed: the caller must hand over fresh tensors and never write into
   them afterwards.
 * Every returned :class:`~block_attention.core.kv.BlockKV` is shared with the store and read-only: consumers copy,
@@ -17,7 +18,9 @@ Contract:
 * Cache problems are never errors: I/O failures and corrupt entries become misses (and warnings). Only an
   unusable disk directory (:class:`~block_attention.core.errors.StoreError` at construction) or use after
   :meth:`KVStore.close` raise.
-* Tiers follow :class:`~block_attention.store.tier.KVTier`; a new backend is one class.
+* Tiers follow :class:`~block_attention.store.tier.KVTier`; a new backend is one class. The store asks a tier
+  for its capabilities, never for its class; hits are counted per tier name (named views of the standard tiers
+  come from :mod:`block_attention.store.standard`).
 * All methods are thread-safe.
 """
 
@@ -39,7 +42,8 @@ from block_attention.store.config import StoreConfig
 from block_attention.store.disk import DiskTier
 from block_attention.store.keys import CacheKey
 from block_attention.store.memory import MemoryTier
-from block_attention.store.tier import HitsByTier, KVTier, TierStats
+from block_attention.store.standard import HitsByTier, StandardTierSizes
+from block_attention.store.tier import KVTier, TierStats
 
 logger = logging.getLogger("block_attention.store")
 
@@ -53,7 +57,7 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class StoreStats(HitsByTier):
+class StoreStats(HitsByTier, StandardTierSizes):
     """Counters since construction (or the last ``reset_stats``) and the current state of every tier.
 
     ``hits_by_tier`` maps tier name to hits served by that tier; ``tiers`` holds each tier's own stats, fastest
@@ -75,29 +79,8 @@ class StoreStats(HitsByTier):
         return int(getattr(t, attr)) if t is not None else 0
 
     @property
-    def evictions(self) -> int:
-        """Memory-tier LRU evictions."""
-        return self._size("memory", "evictions")
-
-    @property
     def corrupt_dropped(self) -> int:
         return sum(t.corrupt_dropped for t in self.tiers) + self.rejected
-
-    @property
-    def memory_bytes(self) -> int:
-        return self._size("memory", "nbytes")
-
-    @property
-    def memory_entries(self) -> int:
-        return self._size("memory", "entries")
-
-    @property
-    def disk_bytes(self) -> int:
-        return self._size("disk", "nbytes")
-
-    @property
-    def disk_entries(self) -> int:
-        return self._size("disk", "entries")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -160,8 +143,8 @@ class KVStore:
         return next((t for t in self._tiers if t.name == name), None)
 
     def _lower_tiers(self) -> tuple[KVTier, ...]:
-        """Tiers written as serialized copies (everything but a leading memory tier)."""
-        return self._tiers[1:] if self._tiers and isinstance(self._tiers[0], MemoryTier) else self._tiers
+        """Tiers written as serialized copies (every tier that does not keep tensors)."""
+        return tuple(t for t in self._tiers if not t.keeps_tensors)
 
     # -- lookups -------------------------------------------------------------------------------------------------
 
@@ -175,7 +158,7 @@ class KVStore:
         self._check_open()
         for level, tier in enumerate(self._tiers):
             kv = tier.get(key)
-            if kv is None and self._writer is not None and not isinstance(tier, MemoryTier):
+            if kv is None and self._writer is not None and not tier.keeps_tensors:
                 kv = self._writer.pending(key)
             if kv is None:
                 continue
@@ -230,7 +213,7 @@ class KVStore:
                  device: torch.device | str | None) -> BlockKV:
         """Write a lower-tier hit into the tiers ``above`` it; return the copy to hand out."""
         for tier in above:
-            if isinstance(tier, MemoryTier):
+            if tier.keeps_tensors:
                 kv = _on(kv, self._config.memory_device or device)
                 tier.put(key, kv)
             else:
@@ -240,12 +223,12 @@ class KVStore:
     # -- mutations -----------------------------------------------------------------------------------------------
 
     def put(self, key: CacheKey, kv: BlockKV) -> None:
-        """Store ``kv`` for ``key`` in memory (as given) and write it to every lower tier."""
+        """Store ``kv`` for ``key`` (as given) in the tiers that keep tensors and write it to every other tier."""
         self._check_open()
         with self._lock:
             self._puts += 1
         for tier in self._tiers:
-            if isinstance(tier, MemoryTier):
+            if tier.keeps_tensors:
                 tier.put(key, _on(kv, self._config.memory_device))
             else:
                 self._write(tier, key, kv)
@@ -302,7 +285,7 @@ class KVStore:
             self._writer.close()
         for tier in self._tiers:
             try:
-                if isinstance(tier, MemoryTier):
+                if tier.keeps_tensors:  # drop the references it holds
                     tier.clear()
                 tier.close()
             except Exception as exc:  # a tier that fails to close must not keep the others open

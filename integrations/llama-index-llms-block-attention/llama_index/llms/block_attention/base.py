@@ -52,6 +52,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from block_attention.frameworks.chat import ChatShapeError, split_chat
 from block_attention.frameworks.markers import FLAT_CONTEXT_HINT, looks_like_flat_context, split_prompt
 from block_attention.frameworks.options import engine_role, sampling_from
 from block_attention.frameworks.runtime import LazyEngine, iterate_in_thread, stats_metadata
@@ -294,25 +295,19 @@ def _is_builtin(name: str) -> bool:
 
 def split_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, list[dict[str, str]], str]:
     """``(system, history turns, question)`` of a LlamaIndex message list."""
-    if not messages or messages[-1].role != MessageRole.USER:
+    try:
+        chat = split_chat([(engine_role(message.role), message.content or "") for message in messages])
+    except ChatShapeError as error:
+        if error.problem == "unsupported_role":
+            raise ValueError(
+                f"BlockAttentionLLM does not support {messages[error.index].role.value!r} messages (no tool calling); "
+                "pass only system, user and assistant messages."
+            ) from None
         raise ValueError(
             "BlockAttentionLLM.chat needs a message list ending with a user message (the question); append "
             "ChatMessage(role='user', content=question)."
-        )
-    system: list[str] = []
-    turns: list[dict[str, str]] = []
-    for message in messages[:-1]:
-        role = engine_role(message.role)
-        if role is None:
-            raise ValueError(
-                f"BlockAttentionLLM does not support {message.role.value!r} messages (no tool calling); pass only "
-                "system, user and assistant messages."
-            )
-        if role == "system":
-            system.append(message.content or "")
-        else:
-            turns.append({"role": role, "content": message.content or ""})
-    return ("\n\n".join(system) if system else None), turns, messages[-1].content or ""
+        ) from None
+    return chat.system, list(chat.history), chat.question
 
 
 def _history(history: Sequence[Any] | None) -> list[dict[str, str]]:
