@@ -48,16 +48,16 @@ from typing import Any
 
 import httpx
 
+import bench_common as bc
+import peer_servers as ps
+from peers import Request, library_body, run_concurrency, stream_request, unseen_orders
+
+from block_attention import Block, PromptBuilder
+from block_attention.hf import registry
+from block_attention.testing.vllm_server import SERVED_NAME, VLLMServer
+from block_attention.vllm_connector import client
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-
-import peer_servers as ps  # noqa: E402
-from peers import Request, library_body, run_concurrency, stream_request, unseen_orders  # noqa: E402
-
-from block_attention import Block, PromptBuilder  # noqa: E402
-from block_attention.hf import registry  # noqa: E402
-from block_attention.testing.vllm_server import SERVED_NAME, VLLMServer  # noqa: E402
-from block_attention.vllm_connector import client  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "data" / "musique_s.json"
 PEERS = Path(os.environ.get("BA_PEERS_DIR") or Path.home() / ".cache" / "block-attention" / "peers")
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-library", action="store_true", help="skip the library server's concurrency rows")
     ap.add_argument("--out", default=str(HERE / "reference-vllm-connector-cpu.json"))
     args = ap.parse_args(argv)
+    bc.setup()
     levels = [int(c) for c in args.clients.split(",") if c.strip()]
     from transformers import AutoTokenizer
 

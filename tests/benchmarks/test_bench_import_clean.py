@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ("bench_common", "ttft", "server", "concurrency", "workload", "peers", "dtype", "recovery")
+MODULES = ("bench_common", "ttft", "server", "concurrency", "workload", "peers", "peer_servers", "dtype", "recovery",
+           "vllm_connector", "fingerprint_cost")
 
 PROBE = f"""
 import json, os, sys
