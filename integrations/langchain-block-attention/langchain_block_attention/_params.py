@@ -49,21 +49,9 @@ _FRAMEWORK_KWARGS = frozenset({"stream", "run_name", "run_id"})
 _OVERRIDES = ("mode", "instruction", "max_tokens", "temperature", "top_p", "top_k", "seed")
 
 
-class BlockAttentionParams(BaseModel):
-    """Engine and decoding settings of a LangChain block-attention model."""
+class RequestParams(BaseModel):
+    """Request settings of every LangChain block-attention model (engine-backed or vLLM-backed)."""
 
-    model: str | None = None
-    """Hub id or local path of a causal LM, loaded lazily; with ``engine`` given, only the reported model name."""
-    engine: Any = Field(default=None, exclude=True, repr=False)
-    """An existing ``block_attention.BlockAttentionEngine`` to use (and share, with its KV cache)."""
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``)."""
-    device: str | None = None
-    """Device the lazily loaded model is moved to (``"cuda"``, ``"cpu"``); ``None`` keeps transformers' choice."""
-    dtype: str = "auto"
-    """Weights dtype of the lazily loaded model (``"auto"``, ``"bfloat16"``, ``"float32"``, ...)."""
-    store: Any = Field(default=None, exclude=True, repr=False)
-    """KV store of the lazily loaded engine: a ``KVStore`` or ``StoreConfig``; ``None``: a 1 GiB memory tier."""
     mode: Literal["block", "full"] | None = None
     """Attention mode of requests; ``None`` uses the engine's default (``"block"``)."""
     instruction: str | None = None
@@ -78,6 +66,34 @@ class BlockAttentionParams(BaseModel):
     """Seed of the sampler (sampling only), for reproducible outputs."""
     stop: list[str] | None = None
     """Default stop strings; the output is cut before the first one."""
+
+    def call_settings(self, options: "CallOptions", has_blocks: bool) -> dict[str, Any]:
+        """``mode`` and ``system`` of one call (per-call values win over the instance's).
+
+        Without blocks and without an explicit instruction the call gets none (``system=""``): the engine's default
+        instruction tells the model to answer from reference documents, which a plain LLM call does not have.
+        """
+        system = options.get("instruction", self.instruction)
+        if system is None and not has_blocks:
+            system = ""
+        return {"mode": options.get("mode", self.mode), "system": system}
+
+
+class BlockAttentionParams(RequestParams):
+    """Engine and decoding settings of a LangChain block-attention model."""
+
+    model: str | None = None
+    """Hub id or local path of a causal LM, loaded lazily; with ``engine`` given, only the reported model name."""
+    engine: Any = Field(default=None, exclude=True, repr=False)
+    """An existing ``block_attention.BlockAttentionEngine`` to use (and share, with its KV cache)."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``)."""
+    device: str | None = None
+    """Device the lazily loaded model is moved to (``"cuda"``, ``"cpu"``); ``None`` keeps transformers' choice."""
+    dtype: str = "auto"
+    """Weights dtype of the lazily loaded model (``"auto"``, ``"bfloat16"``, ``"float32"``, ...)."""
+    store: Any = Field(default=None, exclude=True, repr=False)
+    """KV store of the lazily loaded engine: a ``KVStore`` or ``StoreConfig``; ``None``: a 1 GiB memory tier."""
     streaming: bool = False
     """Chat model: stream internally on ``invoke`` (so callbacks see every token)."""
 
@@ -137,17 +153,6 @@ class BlockAttentionParams(BaseModel):
                              temperature=options.get("temperature", self.temperature),
                              top_p=options.get("top_p", self.top_p), top_k=options.get("top_k", self.top_k),
                              seed=options.get("seed", self.seed), stop=stop if stop is not None else self.stop)
-
-    def call_settings(self, options: "CallOptions", has_blocks: bool) -> dict[str, Any]:
-        """``mode`` and ``system`` of one call (per-call values win over the instance's).
-
-        Without blocks and without an explicit instruction the call gets none (``system=""``): the engine's default
-        instruction tells the model to answer from reference documents, which a plain LLM call does not have.
-        """
-        system = options.get("instruction", self.instruction)
-        if system is None and not has_blocks:
-            system = ""
-        return {"mode": options.get("mode", self.mode), "system": system}
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

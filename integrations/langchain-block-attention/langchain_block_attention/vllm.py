@@ -27,13 +27,13 @@ from block_attention.vllm_connector.client import VLLMBlockClient
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation, LLMResult
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 
-from ._params import parse_call_options
+from ._params import RequestParams, parse_call_options
 from .documents import split_prompt
 
 
-class BlockAttentionVLLM(BaseLLM):
+class BlockAttentionVLLM(RequestParams, BaseLLM):
     """Completion LLM over ``vllm serve`` with the block-attention connector.
 
     Example::
@@ -50,16 +50,7 @@ class BlockAttentionVLLM(BaseLLM):
     tokenizer: str
     """The served checkpoint folder (its tokenizer renders the prompt exactly as the engine does)."""
     encode: Literal["missing", "first", "never"] = "missing"
-    mode: Literal["block", "full"] = "block"
-    instruction: str | None = None
-    """Instruction rendered before the documents; ``None``: the library's default (none without documents)."""
-    max_tokens: int = Field(default=256, ge=1)
-    temperature: float | None = None
-    """``None`` or ``0``: greedy decoding."""
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
+    """How missing passages get encoded (see ``VLLMBlockClient``)."""
     timeout_s: float = 600.0
     _client: VLLMBlockClient | None = PrivateAttr(default=None)
 
@@ -86,11 +77,10 @@ class BlockAttentionVLLM(BaseLLM):
         for prompt in prompts:
             split = split_prompt(prompt)
             blocks = options.blocks + list(split.blocks)
-            system = options.get("instruction", self.instruction)
-            if system is None and not blocks:
-                system = ""  # the default instruction is about reference documents (as BlockAttentionLLM)
+            settings = self.call_settings(options, bool(blocks))
             done = self.client.complete(
-                blocks, split.rest, system=system, history=options.history, mode=options.get("mode", self.mode),
+                blocks, split.rest, system=settings["system"], history=options.history,
+                mode=settings["mode"] or "block",
                 max_tokens=int(options.get("max_tokens", self.max_tokens)),
                 temperature=options.get("temperature", self.temperature) or 0.0,
                 top_p=options.get("top_p", self.top_p), top_k=options.get("top_k", self.top_k),
