@@ -39,6 +39,7 @@ from block_attention.core.prompt import Message, PromptBuilder, PromptConfig, pa
 from block_attention.core.quality import is_block_finetuned, model_name, quality_warning
 from block_attention.hf.compat import cache_kwargs, output_cache
 from block_attention.hf.fingerprint import WeightsWatch, model_fingerprint
+from block_attention.hf.loading import load_pretrained
 from block_attention.hf.rope import RotaryInfo, inspect_model
 from block_attention.store import CacheKey, KVStore, StoreConfig
 from block_attention.store.keys import token_hash
@@ -113,11 +114,9 @@ class BlockAttentionEngine:
                         store: KVStore | StoreConfig | None | bool = None, dtype: Any = "auto",
                         device: str | None = None, attn_implementation: str | None = None,
                         **model_kwargs: Any) -> "BlockAttentionEngine":
-        """Load a causal LM and its tokenizer (local path or hub id) and wrap them (via models.load_pretrained).
+        """Load a causal LM and its tokenizer (local path or hub id) and wrap them (via hf.loading.load_pretrained).
 
         ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained``."""
-        from block_attention.models import load_pretrained
-
         kwargs = dict(model_kwargs)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
