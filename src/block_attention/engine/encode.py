@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from block_attention.core.kv import BlockKV
+from block_attention.hf.cache import new_cache, stack_layers
 from block_attention.hf.compat import cache_kwargs
 from block_attention.hf.rope import _base_model
 
@@ -53,10 +53,9 @@ def encode_blocks(model: torch.nn.Module, token_lists: Sequence[Sequence[int]], 
         for row, i in enumerate(batch):
             ids[row, : lengths[i]] = torch.tensor(token_lists[i], dtype=torch.long)
         positions = torch.arange(width, dtype=torch.long).expand(len(batch), width)  # [B, n_max]
-        cache = DynamicCache()
+        cache = new_cache()
         base(input_ids=ids.to(device), position_ids=positions.to(device), **cache_kwargs(base, cache), use_cache=True)
-        keys = torch.stack([layer.keys for layer in cache.layers])  # [L, B, H_kv, n_max, D]
-        values = torch.stack([layer.values for layer in cache.layers])  # [L, B, H_kv, n_max, D]
+        keys, values = stack_layers(cache)  # [L, B, H_kv, n_max, D] each
         for row, i in enumerate(batch):
             n = lengths[i]
             out[i] = BlockKV(keys[:, row, :, :n].contiguous(), values[:, row, :, :n].contiguous())

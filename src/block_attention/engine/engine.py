@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from block_attention.core.blocks import Block, as_blocks, check_unique_ids
 from block_attention.core.config import EngineConfig, GenerationConfig, Mode, check_mode
@@ -37,6 +36,7 @@ from block_attention.core.kv import BlockKV, KVGeometry
 from block_attention.core.layout import PromptLayout
 from block_attention.core.prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
 from block_attention.core.quality import is_block_finetuned, model_name, quality_warning
+from block_attention.hf.cache import DynamicCache, new_cache, stack_layers
 from block_attention.hf.compat import cache_kwargs, output_cache
 from block_attention.hf.fingerprint import WeightsWatch, model_fingerprint
 from block_attention.hf.loading import load_pretrained
@@ -306,7 +306,7 @@ class BlockAttentionEngine:
                                   "assemble() first, or plan the request with mode='full'.")
             cache, ids, first = assembled.cache, list(layout.final_ids), layout.context_len
         else:
-            cache, ids, first = DynamicCache(), layout.input_ids(), 0
+            cache, ids, first = new_cache(), layout.input_ids(), 0
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
@@ -332,7 +332,7 @@ class BlockAttentionEngine:
         fresh = [(k, s) for k, s in spans if k not in lookup.found]  # every occurrence, in prompt order
         assert self.rotary is not None  # block mode was refused at plan() otherwise
         cache = assemble_cache([kv for kv, _ in cached], [o for _, o in cached], self.rotary, device) if cached \
-            else DynamicCache()
+            else new_cache()
         past = sum(kv.n_tokens for kv, _ in cached)
         t1 = time.perf_counter()
         ids = [t for _, s in fresh for t in s.token_ids] + list(layout.final_ids)
@@ -360,8 +360,8 @@ class BlockAttentionEngine:
 
     def _cut_block(self, cache: DynamicCache, start: int, n: int, offset: int) -> BlockKV:
         """Fresh copy of cache tokens ``start..start+n`` with keys rotated back from ``offset`` to ``0..n-1``."""
-        keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D] copy
-        values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D]
+        keys, values = stack_layers(cache, start, start + n)  # [L, 1, H_kv, n, D] copies
+        keys, values = keys[:, 0], values[:, 0]  # [L, H_kv, n, D]
         assert self.rotary is not None
         return BlockKV(move_keys(keys, keys, -offset, self.rotary), values)
 

@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from transformers import DynamicCache
 
 from block_attention.core.errors import ConfigError
 from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout
+from block_attention.hf.cache import cache_from, layer_tensors, new_cache, stack_layers
 from block_attention.hf.compat import cache_kwargs
 from block_attention.hf.rope import _base_model
 from block_attention.store import CacheKey
@@ -68,7 +68,7 @@ def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_li
     base = _base_model(model)
     device = next(model.parameters()).device
     p = len(sink_ids)
-    sink_cache = DynamicCache()
+    sink_cache = new_cache()
     base(input_ids=torch.tensor([list(sink_ids)], device=device), position_ids=torch.arange(p, device=device)[None],
          **cache_kwargs(base, sink_cache), use_cache=True)
     lengths = [len(t) for t in token_lists]
@@ -80,14 +80,11 @@ def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_li
         for row, i in enumerate(batch):
             ids[row, : lengths[i]] = torch.tensor(list(token_lists[i]), dtype=torch.long)
         positions = torch.arange(p, p + width, dtype=torch.long).expand(b, width)  # [B, n_max]
-        cache = DynamicCache(ddp_cache_data=[
-            (layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))  # [B, H_kv, P, D] views
-            for layer in sink_cache.layers
-        ])
+        cache = cache_from([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))  # [B, H_kv, P, D] views
+                            for k, v in layer_tensors(sink_cache)])
         base(input_ids=ids.to(device), position_ids=positions.to(device), **cache_kwargs(base, cache),
              use_cache=True)
-        keys = torch.stack([layer.keys[:, :, p:] for layer in cache.layers])  # [L, B, H_kv, n_max, D]
-        values = torch.stack([layer.values[:, :, p:] for layer in cache.layers])  # [L, B, H_kv, n_max, D]
+        keys, values = stack_layers(cache, p)  # [L, B, H_kv, n_max, D] each
         for row, i in enumerate(batch):
             n = lengths[i]
             out[i] = BlockKV(keys[:, row, :, :n].contiguous(), values[:, row, :, :n].contiguous())

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from block_attention.core.errors import UnsupportedModelError
+from .cache import layer_tensors, new_cache
 from .compat import cache_kwargs
 
 # Rotary types whose frequencies do not depend on positions (or only beyond a limit we enforce).
@@ -249,13 +250,11 @@ def inspect_model(model: torch.nn.Module) -> RotaryInfo:
 
 @torch.inference_mode()
 def _probe_cache(model: torch.nn.Module, ids: torch.Tensor, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
+    cache = new_cache()
     positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]  # [1, n]
     base = _base_model(model)
     base(input_ids=ids, position_ids=positions, **cache_kwargs(base, cache), use_cache=True)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return layer_tensors(cache)
 
 
 def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int,

@@ -59,14 +59,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from block_attention.core.config import GenerationConfig
 from block_attention.core.errors import ConfigError, RequestCancelledError, SchedulerClosedError
 from block_attention.engine.decoding import DecodeState, decode_step
 from block_attention.engine.stages import Generation, RequestPlan
-from block_attention.hf.compat import cache_kwargs, cache_over, empty_cache, output_cache
+from block_attention.hf.cache import DynamicCache, cache_over, empty_cache, is_plain_cache, layer_tensors
+from block_attention.hf.compat import cache_kwargs, output_cache
 
 logger = logging.getLogger("block_attention")
 
@@ -143,14 +142,7 @@ def batchable_model(model: torch.nn.Module) -> bool:
 
 def plain_cache(cache: Any) -> bool:
     """Whether ``cache`` is a one-row ``DynamicCache`` of plain (full-attention) layers, all of one length."""
-    layers = getattr(cache, "layers", None)
-    if not isinstance(cache, DynamicCache) or not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return False
-    keys = [getattr(layer, "keys", None) for layer in layers]
-    if any(k is None or k.ndim != 4 for k in keys):
-        return False
-    shapes = {(k.shape[0], k.shape[-2]) for k in keys}
-    return len(shapes) == 1 and next(iter(shapes))[0] == 1
+    return is_plain_cache(cache)
 
 
 def _left_pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -178,7 +170,7 @@ class PaddedBatch:
     def add(self, state: DecodeState) -> None:
         """Take over ``state``'s one-row cache (``state.cache`` becomes ``None``; that cache object is emptied)."""
         assert state.cache is not None and plain_cache(state.cache)
-        own = [(layer.keys, layer.values) for layer in state.cache.layers]  # each [1, H_kv, n, D]
+        own = layer_tensors(state.cache)  # each [1, H_kv, n, D]
         n = own[0][0].shape[-2]
         row_mask = torch.ones((1, n), dtype=torch.bool, device=self.device)  # [1, n]
         if self.cache is None:
@@ -187,9 +179,9 @@ class PaddedBatch:
         else:
             width = max(self.width, n)
             grow, pad = width - self.width, width - n
-            data = [(torch.cat([_left_pad(layer.keys, grow, 2), _left_pad(k, pad, 2)]),  # [B+1, H_kv, W, D]
-                     torch.cat([_left_pad(layer.values, grow, 2), _left_pad(v, pad, 2)]))
-                    for layer, (k, v) in zip(self.cache.layers, own)]
+            data = [(torch.cat([_left_pad(keys, grow, 2), _left_pad(k, pad, 2)]),  # [B+1, H_kv, W, D]
+                     torch.cat([_left_pad(values, grow, 2), _left_pad(v, pad, 2)]))
+                    for (keys, values), (k, v) in zip(layer_tensors(self.cache), own)]
             self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, pad, 1)])  # [B+1, W]
         self.cache = cache_over([(k, v, None) for k, v in data])  # the new tensors themselves, not a copy
         self.rows.append(state)
@@ -210,8 +202,8 @@ class PaddedBatch:
         first = int(mask.any(dim=0).nonzero()[0])  # leading columns that are padding in every row
         self.mask = mask[:, first:]
         self.cache = cache_over([
-            (layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:], None)
-            for layer in self.cache.layers])  # each [B', H_kv, T - first, D]
+            (keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:], None)
+            for keys, values in layer_tensors(self.cache)])  # each [B', H_kv, T - first, D]
         self.rows = [self.rows[i] for i in indices]
 
     @torch.inference_mode()
@@ -236,8 +228,8 @@ class PaddedBatch:
             for i, state in enumerate(rows):
                 pad = width - int(self.mask[i].sum())
                 state.cache = cache_over([  # own storage, so the batch's tensors can be freed
-                    (layer.keys[i:i + 1, :, pad:width].clone(), layer.values[i:i + 1, :, pad:width].clone(), None)
-                    for layer in self.cache.layers])  # each [1, H_kv, n, D]
+                    (keys[i:i + 1, :, pad:width].clone(), values[i:i + 1, :, pad:width].clone(), None)
+                    for keys, values in layer_tensors(self.cache)])  # each [1, H_kv, n, D]
         self.keep([])
         return rows
 
