@@ -15,7 +15,7 @@ import torch
 from block_attention.core.kv import BlockKV
 from block_attention.hf.cache import new_cache, stack_layers
 from block_attention.hf.compat import cache_kwargs
-from block_attention.hf.rope import _base_model
+from block_attention.hf.unwrap import base_model
 
 
 MIN_FILL = 0.75  # a block shorter than this fraction of its batch's longest starts a new batch (less padding)
@@ -42,7 +42,7 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int
 def encode_blocks(model: torch.nn.Module, token_lists: Sequence[Sequence[int]], *, pad_id: int,
                   max_batch_tokens: int = 16384) -> list[BlockKV]:
     """KV of each token list encoded alone at positions 0..n-1, in the order given (fresh tensors, model dtype)."""
-    base = _base_model(model)
+    base = base_model(model)
     device = next(model.parameters()).device
     lengths = [len(t) for t in token_lists]
     assert all(n > 0 for n in lengths), "empty block reached the encoder"

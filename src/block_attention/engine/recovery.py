@@ -40,7 +40,8 @@ from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout, additive_mask
 from block_attention.hf.cache import cache_device, cache_from, layer_tensors, layer_views
 from block_attention.hf.compat import cache_kwargs
-from block_attention.hf.rope import RotaryInfo, _base_model
+from block_attention.hf.rope import RotaryInfo
+from block_attention.hf.unwrap import base_model
 from .assemble import assemble_cache
 
 
@@ -87,7 +88,7 @@ def recompute_block_starts_(model: torch.nn.Module, cache: DynamicCache, layout:
 
 def _one_pass_(model: torch.nn.Module, cache: DynamicCache,
                spans: Sequence[tuple[int, int, Sequence[int]]]) -> DynamicCache:
-    base = _base_model(model)
+    base = base_model(model)
     first_keys = layer_tensors(cache)[0][0]  # [1, H_kv, T, D]
     device = first_keys.device
     dtype = next(model.parameters()).dtype
@@ -113,7 +114,7 @@ def _one_pass_(model: torch.nn.Module, cache: DynamicCache,
 
 def _sequential_(model: torch.nn.Module, cache: DynamicCache,
                  spans: Sequence[tuple[int, int, Sequence[int]]]) -> DynamicCache:
-    base = _base_model(model)
+    base = base_model(model)
     device = cache_device(cache)
     for o, n, token_ids in spans:
         prefix = cache_from(layer_views(cache, 0, o))  # a copy of [1, H_kv, o, D] per layer

@@ -30,7 +30,7 @@ from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout
 from block_attention.hf.cache import cache_from, layer_tensors, new_cache, stack_layers
 from block_attention.hf.compat import cache_kwargs
-from block_attention.hf.rope import _base_model
+from block_attention.hf.unwrap import base_model
 from block_attention.store import CacheKey
 from block_attention.store.keys import token_hash
 from .encode import plan_batches
@@ -65,7 +65,7 @@ def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_li
 
     The sink is encoded once; each right-padded batch of blocks attends to it through a per-batch cache copy
     (causal attention never reaches the padding, so no mask is needed)."""
-    base = _base_model(model)
+    base = base_model(model)
     device = next(model.parameters()).device
     p = len(sink_ids)
     sink_cache = new_cache()

@@ -17,11 +17,7 @@ from typing import Any
 import torch
 
 from .cache import cache_over, empty_cache  # noqa: F401  (re-exported: the old block_attention.compat path)
-
-
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(model, "get_base_model", None)  # PEFT wrappers forward **kwargs to the model inside
-    return get_base() if callable(get_base) else model
+from .unwrap import unwrap_peft
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,7 +31,7 @@ def _cache_argument(model_class: type) -> str:
 
 def cache_argument(model: torch.nn.Module) -> str:
     """``"cache"`` when ``model.forward`` takes that argument (newer transformers), else ``"past_key_values"``."""
-    return _cache_argument(type(_inner(model)))
+    return _cache_argument(type(unwrap_peft(model)))
 
 
 def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
