@@ -48,7 +48,7 @@ from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
 from .fused import FusedUnsupported, fused_attention, segments_for
 from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
-from .sink import Sink, check_sink, encode_behind_sink, sink_cache_key, sink_span
+from .sink import Sink, check_sink, sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
 
@@ -267,9 +267,9 @@ class BlockAttentionEngine:
                                                 max_batch_tokens=self.config.max_batch_tokens))
         if behind:
             assert plan.sink_ids is not None
-            encoded += zip(behind, encode_behind_sink(self.model, plan.sink_ids, list(behind.values()),
-                                                      pad_id=self.pad_id,
-                                                      max_batch_tokens=self.config.max_batch_tokens))
+            encoded += zip(behind, encode_blocks(self.model, list(behind.values()), pad_id=self.pad_id,
+                                                 max_batch_tokens=self.config.max_batch_tokens,
+                                                 sink_ids=plan.sink_ids))
         for key, kv in encoded:
             found[key] = kv
             if store and self.store is not None:

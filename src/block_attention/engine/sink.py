@@ -16,6 +16,9 @@ Contract:
   shorter distance than in the real prompt (the approximation APE makes). Requests whose layout has no prefix block
   are served as plain block mode.
 * Stored tensors are never written; assembly copies them (as for plain blocks).
+
+The encoding itself is the one block encoder, :func:`~block_attention.engine.encode.encode_blocks` with
+``sink_ids``; this module holds the option, the sink span of a layout and the cache keys.
 """
 
 from __future__ import annotations
@@ -23,17 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
-
 from block_attention.core.errors import ConfigError
-from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout
-from block_attention.hf.cache import cache_from, layer_tensors, new_cache, stack_layers
-from block_attention.hf.compat import cache_kwargs
-from block_attention.hf.unwrap import base_model
 from block_attention.store import CacheKey
 from block_attention.store.keys import token_hash
-from .encode import plan_batches
 
 Sink = Literal["none", "prefix"]
 SINKS = ("none", "prefix")
@@ -56,37 +52,3 @@ def sink_span(layout: PromptLayout) -> tuple[int, ...] | None:
 
 def sink_cache_key(fingerprint: str, doc_id: str, token_ids: Sequence[int], sink_ids: Sequence[int]) -> CacheKey:
     return CacheKey(fingerprint, doc_id, token_hash(token_ids) + "+sink" + token_hash(sink_ids))
-
-
-@torch.inference_mode()
-def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_lists: Sequence[Sequence[int]], *,
-                       pad_id: int, max_batch_tokens: int = 16384) -> list[BlockKV]:
-    """KV of each token list encoded right after ``sink_ids`` (positions ``P..P+n-1``), sink KV dropped.
-
-    The sink is encoded once; each right-padded batch of blocks attends to it through a per-batch cache copy
-    (causal attention never reaches the padding, so no mask is needed)."""
-    base = base_model(model)
-    device = next(model.parameters()).device
-    p = len(sink_ids)
-    sink_cache = new_cache()
-    base(input_ids=torch.tensor([list(sink_ids)], device=device), position_ids=torch.arange(p, device=device)[None],
-         **cache_kwargs(base, sink_cache), use_cache=True)
-    lengths = [len(t) for t in token_lists]
-    assert all(n > 0 for n in lengths), "empty block reached the encoder"
-    out: list[BlockKV | None] = [None] * len(token_lists)
-    for batch in plan_batches(lengths, max(1, max_batch_tokens)):
-        width, b = lengths[batch[0]], len(batch)
-        ids = torch.full((b, width), pad_id, dtype=torch.long)  # [B, n_max]
-        for row, i in enumerate(batch):
-            ids[row, : lengths[i]] = torch.tensor(list(token_lists[i]), dtype=torch.long)
-        positions = torch.arange(p, p + width, dtype=torch.long).expand(b, width)  # [B, n_max]
-        cache = cache_from([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))  # [B, H_kv, P, D] views
-                            for k, v in layer_tensors(sink_cache)])
-        base(input_ids=ids.to(device), position_ids=positions.to(device), **cache_kwargs(base, cache),
-             use_cache=True)
-        keys, values = stack_layers(cache, p)  # [L, B, H_kv, n_max, D] each
-        for row, i in enumerate(batch):
-            n = lengths[i]
-            out[i] = BlockKV(keys[:, row, :, :n].contiguous(), values[:, row, :, :n].contiguous())
-        del cache, keys, values
-    return [kv for kv in out if kv is not None]
