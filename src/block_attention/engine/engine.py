@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from block_attention.core.blocks import Block, as_blocks, check_unique_ids
-from block_attention.core.config import EngineConfig, GenerationConfig, Mode, check_mode
+from block_attention.core.config import (EngineConfig, GenerationConfig, Mode, Sink, check_mode, check_recompute_tokens,
+                                         check_sink)
 from block_attention.core.errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from block_attention.core.kv import BlockKV, KVGeometry
 from block_attention.core.layout import PromptLayout
@@ -47,8 +48,8 @@ from .assemble import assemble_cache, move_keys
 from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
 from .fused import FusedUnsupported, fused_attention, segments_for
-from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
-from .sink import Sink, check_sink, sink_cache_key, sink_span
+from .recovery import recompute_block_starts_, recomputed_token_count
+from .sink import sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from block_attention.core.config import check_recompute_tokens
 from block_attention.core.errors import ConfigError
 from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout, additive_mask
@@ -43,13 +44,6 @@ from block_attention.hf.compat import cache_kwargs
 from block_attention.hf.rope import RotaryInfo
 from block_attention.hf.unwrap import base_model
 from .assemble import assemble_cache
-
-
-def check_recompute_tokens(k: int) -> int:
-    """Validate a recompute count (a non-negative int) and return it."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ConfigError(f"recompute_tokens must be an int >= 0 (0 = plain block mode), got {k!r}.")
-    return k
 
 
 def recomputed_token_count(layout: PromptLayout, k: int) -> int:

@@ -24,22 +24,12 @@ The encoding itself is the one block encoder, :func:`~block_attention.engine.enc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-from block_attention.core.errors import ConfigError
+from block_attention.core.config import Sink, check_sink  # noqa: F401  (the engine's sink option, defined once)
 from block_attention.core.layout import PromptLayout
+from block_attention.core.prompt import PREFIX_ID
 from block_attention.store import CacheKey
 from block_attention.store.keys import token_hash
-
-Sink = Literal["none", "prefix"]
-SINKS = ("none", "prefix")
-PREFIX_ID = "prefix:"  # doc ids of prefix blocks (see prompt.PromptBuilder.layout)
-
-
-def check_sink(sink: str) -> Sink:
-    if sink not in SINKS:
-        raise ConfigError(f"sink must be 'none' or 'prefix' (encode every block behind the prompt prefix), got {sink!r}.")
-    return sink  # type: ignore[return-value]
 
 
 def sink_span(layout: PromptLayout) -> tuple[int, ...] | None:

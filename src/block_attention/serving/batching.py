@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from block_attention.core.checks import is_int
 from block_attention.core.config import GenerationConfig
 from block_attention.core.errors import ConfigError, RequestCancelledError, SchedulerClosedError
 from block_attention.engine.decoding import DecodeState, decode_step
@@ -254,7 +255,7 @@ class BatchScheduler:
 
     def __init__(self, engine: Any, max_batch: int = 8, *, on_step: Callable[[int], None] | None = None,
                  name: str = "block-attention-model") -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        if not is_int(max_batch) or max_batch < 1:
             raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}; pass 1 to decode one request "
                               "at a time, or more to batch concurrent requests.")
         self.engine = engine
