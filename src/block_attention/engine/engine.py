@@ -18,6 +18,15 @@ The work is split into public stages, each a method with a typed result (:mod:`b
 :meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
 request; a cache failure costs a recompute, never a wrong answer; a model whose block path cannot be exact (no
 RoPE, ...) still serves full mode, while block mode (and ``warm``) raise :class:`UnsupportedModelError` naming why.
+
+Thread contract: an engine may be called from several threads at once (the framework integrations and the server
+do). Every forward pass on the model (encoding, recovery, prefill, fused prefill, decode steps) holds the model's
+one re-entrant lock (:func:`~block_attention.engine.threads.model_lock`, shared by every engine and scheduler on the
+same model object), so the fused prefill's temporary change of ``model.config._attn_implementation`` is never seen
+by another forward and is always restored. Planning, store lookups and tokenization run concurrently. The fused
+path is switched off for a model only for a structural reason (its attention cannot take the fused mask), recorded
+per model (:func:`~block_attention.engine.fused.fused_refusal`); any other failure of a fused request falls back to
+the separate path for that request only. The KV store is thread-safe on its own.
 """
 
 from __future__ import annotations
@@ -47,11 +56,12 @@ from block_attention.store.keys import token_hash
 from .assemble import assemble_cache, move_keys
 from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
-from .fused import FusedUnsupported, fused_attention, segments_for
+from .fused import FusedUnsupported, fused_attention, fused_refusal, refuse_fused, segments_for
 from .recovery import recompute_block_starts_, recomputed_token_count
 from .sink import sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
+from .threads import model_lock
 
 logger = logging.getLogger("block_attention")
 
@@ -85,7 +95,8 @@ class BlockAttentionEngine:
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
         try:
-            self.rotary: RotaryInfo | None = inspect_model(model)
+            with model_lock(model):  # the probe runs forwards
+                self.rotary: RotaryInfo | None = inspect_model(model)
             self.block_refusal: UnsupportedModelError | None = None
         except UnsupportedModelError as exc:  # full mode still works; block mode raises this at request time
             self.rotary, self.block_refusal = None, exc
@@ -103,7 +114,7 @@ class BlockAttentionEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._quality_warned = False
-        self._fused_ok = True  # cleared when the model's attention turns out to need the separate path
+        self.lock = model_lock(model)  # held around every forward pass on the model (thread contract above)
 
     @property
     def block_finetuned(self) -> bool:
@@ -263,14 +274,15 @@ class BlockAttentionEngine:
         behind = {k: ids for k, ids in lookup.missing.items() if plan.sink_ids is not None and k != plan.keys[0]}
         alone = {k: ids for k, ids in lookup.missing.items() if k not in behind}
         encoded: list[tuple[CacheKey, BlockKV]] = []
-        if alone:
-            encoded += zip(alone, encode_blocks(self.model, list(alone.values()), pad_id=self.pad_id,
-                                                max_batch_tokens=self.config.max_batch_tokens))
-        if behind:
-            assert plan.sink_ids is not None
-            encoded += zip(behind, encode_blocks(self.model, list(behind.values()), pad_id=self.pad_id,
-                                                 max_batch_tokens=self.config.max_batch_tokens,
-                                                 sink_ids=plan.sink_ids))
+        with self.lock:
+            if alone:
+                encoded += zip(alone, encode_blocks(self.model, list(alone.values()), pad_id=self.pad_id,
+                                                    max_batch_tokens=self.config.max_batch_tokens))
+            if behind:
+                assert plan.sink_ids is not None
+                encoded += zip(behind, encode_blocks(self.model, list(behind.values()), pad_id=self.pad_id,
+                                                     max_batch_tokens=self.config.max_batch_tokens,
+                                                     sink_ids=plan.sink_ids))
         for key, kv in encoded:
             found[key] = kv
             if store and self.store is not None:
@@ -288,7 +300,7 @@ class BlockAttentionEngine:
         t1 = time.perf_counter()
         if not plan.recompute_tokens:
             return Assembled(cache, t1 - t0)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.lock:
             cache = recompute_block_starts_(self.model, cache, plan.layout, plan.recompute_tokens)
         return Assembled(cache, t1 - t0, recomputed_token_count(plan.layout, plan.recompute_tokens),
                          time.perf_counter() - t1)
@@ -311,8 +323,9 @@ class BlockAttentionEngine:
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
-        out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
-                         use_cache=True, logits_to_keep=0 if all_logits else 1)
+        with self.lock:
+            out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
+                             use_cache=True, logits_to_keep=0 if all_logits else 1)
         logits = out.logits[0]  # [q or 1, V]
         if all_logits and first == 0:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
@@ -340,7 +353,8 @@ class BlockAttentionEngine:
         positions = torch.cat([torch.arange(s.offset, s.end) for _, s in fresh]
                               + [torch.arange(layout.context_len, layout.total_len)])  # [q] global positions
         final = len(layout.final_ids)
-        with fused_attention(self.model, segments_for(past, [len(s.token_ids) for _, s in fresh], final)):
+        segments = segments_for(past, [len(s.token_ids) for _, s in fresh], final)
+        with self.lock, fused_attention(self.model, segments):
             out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=device),
                              position_ids=positions.to(device)[None], **cache_kwargs(self.model, cache),
                              use_cache=True, logits_to_keep=final if all_logits else 1)
@@ -372,13 +386,20 @@ class BlockAttentionEngine:
         if plan.mode == "block" and plan.layout.blocks:
             self._warn_quality_once(plan)
             lookup = self.lookup(plan)
-            if lookup.missing and self._fused_ok and self.config.cold_prefill == "fused" \
+            if lookup.missing and self.config.cold_prefill == "fused" and fused_refusal(self.model) is None \
                     and plan.sink_ids is None and not plan.recompute_tokens:
                 try:
                     return self.prefill_fused(plan, lookup, all_logits=all_logits)
                 except FusedUnsupported as exc:
-                    self._fused_ok = False
-                    logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
+                    if exc.structural:  # the model's attention cannot take the fused mask: never again on it
+                        refuse_fused(self.model, str(exc))
+                        logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
+                    else:
+                        logger.info("Fused cold prefill does not fit this request (%s); using the separate path "
+                                    "for it.", exc)
+                except Exception:  # noqa: BLE001  (this request only; the separate path raises a real error again)
+                    logger.warning("Fused cold prefill failed; using the separate path for this request.",
+                                   exc_info=True)
             blocks = self.encode(plan, lookup)
             assembled = self.assemble(plan, blocks)
             return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
@@ -488,8 +509,9 @@ class BlockAttentionEngine:
         nbytes = 0
         for start in chunks:
             part = items[start:start + batch_blocks]
-            encoded = encode_blocks(self.model, [ids for _, ids in part], pad_id=self.pad_id,
-                                    max_batch_tokens=self.config.max_batch_tokens)
+            with self.lock:
+                encoded = encode_blocks(self.model, [ids for _, ids in part], pad_id=self.pad_id,
+                                        max_batch_tokens=self.config.max_batch_tokens)
             for (key, _), kv in zip(part, encoded):
                 self.store.put(key, kv)
                 nbytes += kv.nbytes

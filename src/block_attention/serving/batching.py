@@ -65,6 +65,7 @@ from block_attention.core.config import GenerationConfig
 from block_attention.core.errors import ConfigError, RequestCancelledError, SchedulerClosedError
 from block_attention.engine.decoding import DecodeState, decode_step
 from block_attention.engine.stages import Generation, RequestPlan
+from block_attention.engine.threads import model_lock
 from block_attention.hf.cache import DynamicCache, cache_over, empty_cache, is_plain_cache, layer_tensors
 from block_attention.hf.compat import cache_kwargs, output_cache
 
@@ -217,8 +218,9 @@ class PaddedBatch:
         positions = torch.tensor([[p] for _, p in inputs], dtype=torch.long, device=self.device)  # [B, 1]
         mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)  # [B, T+1]
         padded = not bool(mask.all())  # no padding at all (e.g. one row): the same call as a one-row step
-        out = model(input_ids=tokens, position_ids=positions, attention_mask=mask if padded else None,
-                    **cache_kwargs(model, self.cache), use_cache=True, logits_to_keep=1)
+        with model_lock(model):  # the engine's thread contract (block_attention.engine.threads)
+            out = model(input_ids=tokens, position_ids=positions, attention_mask=mask if padded else None,
+                        **cache_kwargs(model, self.cache), use_cache=True, logits_to_keep=1)
         self.cache, self.mask = output_cache(out), mask
         return out.logits[:, -1]  # [B, V]
 
