@@ -6,8 +6,8 @@ Anything else is a local directory or a Hugging Face id loaded with transformers
 cache).
 
 :func:`load_engine` is the library's one engine factory (CLI, both framework integrations, benchmarks, demo);
-:func:`load_pretrained` is the one place transformers' loaders are called (the engine's ``from_pretrained``,
-benchmarks and fine-tuning use it). ``model_kwargs`` always means extra keyword arguments of
+:func:`load_pretrained` (defined in :mod:`block_attention.hf.loading`, re-exported here as the public path) is the
+one place transformers' loaders are called (the engine's ``from_pretrained``, benchmarks and fine-tuning use it). ``model_kwargs`` always means extra keyword arguments of
 ``AutoModelForCausalLM.from_pretrained``.
 """
 
@@ -21,6 +21,7 @@ from block_attention.core.config import EngineConfig
 from block_attention.core.errors import BlockAttentionError, ConfigError, ModelLoadError
 from block_attention.core.prompt import PromptConfig
 from block_attention.engine.engine import BlockAttentionEngine
+from block_attention.hf.loading import load_pretrained as load_pretrained  # the public path (re-export)
 from block_attention.hf.registry import (DEFAULT_DTYPE, REAL_MODELS, checkpoint_dir, is_adapter_dir, is_installed,
                                          load_with_adapter)
 from .store import KVStore, StoreConfig
@@ -149,26 +150,6 @@ def describe_model(name: str) -> str:
     if name in ADAPTERS:
         return f"{name}: {ADAPTERS[name][1]}"
     return name
-
-
-def load_pretrained(name_or_path: str, *, dtype: Any = "auto", device: str | None = None,
-                    model_kwargs: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a local folder or hub id: the one place the library calls transformers' loaders.
-
-    ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained`` (e.g.
-    ``attn_implementation``, ``revision``, ``trust_remote_code``, ``quantization_config``); nothing else.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = dict(model_kwargs or {})
-    if "dtype" in kwargs or "device" in kwargs:
-        raise ModelLoadError("Pass dtype= and device= as their own arguments, not inside model_kwargs (model_kwargs "
-                             "are extra keyword arguments of AutoModelForCausalLM.from_pretrained).")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
-    if device:
-        model = model.to(device)
-    return model.eval(), tokenizer
 
 
 def load_engine(name: str, *, store: KVStore | StoreConfig | None | bool = None, config: EngineConfig | None = None,

@@ -34,9 +34,10 @@ PUBLIC = {
     "block_attention.serving": [
         "BatchScheduler", "RequestRejected", "ServerSettings", "ServerThread", "create_app", "run_server"],
     "block_attention.frameworks": [
-        "BLOCK_SEPARATOR", "DocumentRef", "DuplicateKeyPolicy", "FLAT_CONTEXT_HINT", "LazyEngine", "ROLE_NAMES",
-        "SplitPrompt", "documents_to_blocks", "engine_role", "format_blocks", "iterate_in_thread",
-        "looks_like_flat_context", "mark_block", "sampling_from", "split_prompt", "stats_metadata"],
+        "BLOCK_SEPARATOR", "ChatParts", "ChatShapeError", "DocumentRef", "DuplicateKeyPolicy", "FLAT_CONTEXT_HINT",
+        "LazyEngine", "ROLE_NAMES", "SplitPrompt", "documents_to_blocks", "engine_role", "format_blocks",
+        "iterate_in_thread", "looks_like_flat_context", "mark_block", "sampling_from", "split_chat",
+        "split_prompt", "stats_metadata"],
 }
 
 

@@ -5,17 +5,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .checks import is_int, is_number
 from .errors import ConfigError
 from .prompt import PromptConfig
 
 Mode = Literal["block", "full"]
 MODES = ("block", "full")
+Sink = Literal["none", "prefix"]
+SINKS = ("none", "prefix")
 
 
 def check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ConfigError(f"mode must be 'block' or 'full', got {mode!r}.")
     return mode  # type: ignore[return-value]
+
+
+def check_recompute_tokens(k: int) -> int:
+    """Validate a recompute count (a non-negative int) and return it (the engine's requests and EngineConfig)."""
+    if not is_int(k) or k < 0:
+        raise ConfigError(f"recompute_tokens must be an int >= 0 (0 = plain block mode), got {k!r}.")
+    return k
+
+
+def check_sink(sink: str) -> Sink:
+    """Validate a sink option (:mod:`block_attention.engine.sink`) and return it."""
+    if sink not in SINKS:
+        raise ConfigError(f"sink must be 'none' or 'prefix' (encode every block behind the prompt prefix), got {sink!r}.")
+    return sink  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -45,7 +62,7 @@ class EngineConfig:
     max_batch_tokens: int = 16384
     cold_prefill: Literal["fused", "separate"] = "separate"
     recompute_tokens: int = 0
-    sink: Literal["none", "prefix"] = "none"
+    sink: Sink = "none"
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -55,11 +72,8 @@ class EngineConfig:
             raise ConfigError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}.")
         if self.cold_prefill not in ("fused", "separate"):
             raise ConfigError(f"cold_prefill must be 'fused' or 'separate', got {self.cold_prefill!r}.")
-        if isinstance(self.recompute_tokens, bool) or not isinstance(self.recompute_tokens, int) \
-                or self.recompute_tokens < 0:
-            raise ConfigError(f"recompute_tokens must be an int >= 0 (0 = plain block mode), got {self.recompute_tokens!r}.")
-        if self.sink not in ("none", "prefix"):
-            raise ConfigError(f"sink must be 'none' or 'prefix', got {self.sink!r}.")
+        check_recompute_tokens(self.recompute_tokens)
+        check_sink(self.sink)
         if self.prompt is not None and not isinstance(self.prompt, PromptConfig):
             raise ConfigError("EngineConfig.prompt must be a PromptConfig (or None).")
 
@@ -94,28 +108,20 @@ class GenerationConfig:
             raise ConfigError("stop must be a sequence of non-empty strings.")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
-
-
 def _check_types(config: GenerationConfig) -> None:
     """Type checks before any comparison, so ``max_new_tokens="5"`` is a ConfigError, not a TypeError."""
-    if not _is_int(config.max_new_tokens):
+    if not is_int(config.max_new_tokens):
         raise ConfigError(f"max_new_tokens must be an int, got {config.max_new_tokens!r} "
                           f"({type(config.max_new_tokens).__name__}); pass e.g. max_new_tokens=64.")
     for name in ("do_sample", "stop_on_eos"):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"{name} must be True or False, got {getattr(config, name)!r}.")
     for name in ("temperature", "top_p"):
-        if not _is_number(getattr(config, name)):
+        if not is_number(getattr(config, name)):
             raise ConfigError(f"{name} must be a number, got {getattr(config, name)!r}; pass e.g. {name}=0.9.")
-    if not _is_int(config.top_k):
+    if not is_int(config.top_k):
         raise ConfigError(f"top_k must be an int (0 disables it), got {config.top_k!r}.")
-    if config.seed is not None and not _is_int(config.seed):
+    if config.seed is not None and not is_int(config.seed):
         raise ConfigError(f"seed must be an int or None, got {config.seed!r}.")
     if config.stop is None or isinstance(config.stop, bytes) or not isinstance(config.stop, (str, list, tuple)):
         raise ConfigError(f"stop must be a string or a list of strings, got {type(config.stop).__name__}.")

@@ -26,6 +26,7 @@ DEFAULT_INSTRUCTION = (
     "If they do not contain the answer, say so."
 )
 _SENTINEL = "\u2063BLOCK_ATTENTION_DOCUMENTS\u2063"
+PREFIX_ID = "prefix:"  # doc ids of prefix blocks start with it (PromptBuilder.layout; the sink option finds them so)
 TOKENIZED_BLOCKS_KEPT = 8192  # recurring passages skip re-tokenization (an LRU of rendered block text -> ids)
 
 Message = Mapping[str, str]
@@ -201,7 +202,7 @@ class PromptBuilder:
         rendered = self.render(blocks, question, system, history)
         spans: list[tuple[str, Sequence[int]]] = []
         if rendered.prefix:
-            spans.append(("prefix:" + text_digest(rendered.prefix), self.block_ids(rendered.prefix)))
+            spans.append((PREFIX_ID + text_digest(rendered.prefix), self.block_ids(rendered.prefix)))
         for block, text in zip(blocks, rendered.docs):
             ids = self.block_ids(text)
             if not ids:

@@ -30,6 +30,7 @@ from block_attention.core.config import GenerationConfig
 from block_attention.hf.compat import cache_kwargs, output_cache
 from .generation import TextTracker, TokenSelector
 from .stages import Generation, Prefilled, RequestPlan, RequestStats
+from .threads import model_lock
 
 
 class DecodeState:
@@ -98,8 +99,9 @@ def decode_step(model: torch.nn.Module, state: DecodeState, device: torch.device
     """Run ``state.next_input`` through ``state.cache`` (grown in place and stored back); the next logits ``[V]``."""
     assert state.next_input is not None and state.cache is not None
     token, position = state.next_input
-    out = model(input_ids=torch.tensor([[token]], device=device),
-                position_ids=torch.tensor([[position]], device=device), **cache_kwargs(model, state.cache),
-                use_cache=True, logits_to_keep=1)
+    with model_lock(model):
+        out = model(input_ids=torch.tensor([[token]], device=device),
+                    position_ids=torch.tensor([[position]], device=device), **cache_kwargs(model, state.cache),
+                    use_cache=True, logits_to_keep=1)
     state.cache = output_cache(out)
     return out.logits[0, -1]  # [V]

@@ -18,6 +18,15 @@ The work is split into public stages, each a method with a typed result (:mod:`b
 :meth:`prefill`, :meth:`generate` and :meth:`stream` chain them. Guarantees: stored KV is never mutated by a
 request; a cache failure costs a recompute, never a wrong answer; a model whose block path cannot be exact (no
 RoPE, ...) still serves full mode, while block mode (and ``warm``) raise :class:`UnsupportedModelError` naming why.
+
+Thread contract: an engine may be called from several threads at once (the framework integrations and the server
+do). Every forward pass on the model (encoding, recovery, prefill, fused prefill, decode steps) holds the model's
+one re-entrant lock (:func:`~block_attention.engine.threads.model_lock`, shared by every engine and scheduler on the
+same model object), so the fused prefill's temporary change of ``model.config._attn_implementation`` is never seen
+by another forward and is always restored. Planning, store lookups and tokenization run concurrently. The fused
+path is switched off for a model only for a structural reason (its attention cannot take the fused mask), recorded
+per model (:func:`~block_attention.engine.fused.fused_refusal`); any other failure of a fused request falls back to
+the separate path for that request only. The KV store is thread-safe on its own.
 """
 
 from __future__ import annotations
@@ -28,28 +37,31 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from block_attention.core.blocks import Block, as_blocks, check_unique_ids
-from block_attention.core.config import EngineConfig, GenerationConfig, Mode, check_mode
+from block_attention.core.config import (EngineConfig, GenerationConfig, Mode, Sink, check_mode, check_recompute_tokens,
+                                         check_sink)
 from block_attention.core.errors import ConfigError, ContextTooLongError, UnsupportedModelError
 from block_attention.core.kv import BlockKV, KVGeometry
 from block_attention.core.layout import PromptLayout
 from block_attention.core.prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
 from block_attention.core.quality import is_block_finetuned, model_name, quality_warning
+from block_attention.hf.cache import DynamicCache, new_cache, stack_layers
 from block_attention.hf.compat import cache_kwargs, output_cache
 from block_attention.hf.fingerprint import WeightsWatch, model_fingerprint
+from block_attention.hf.loading import load_pretrained
 from block_attention.hf.rope import RotaryInfo, inspect_model
 from block_attention.store import CacheKey, KVStore, StoreConfig
 from block_attention.store.keys import token_hash
 from .assemble import assemble_cache, move_keys
 from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
-from .fused import FusedUnsupported, fused_attention, segments_for
-from .recovery import check_recompute_tokens, recompute_block_starts_, recomputed_token_count
-from .sink import Sink, check_sink, encode_behind_sink, sink_cache_key, sink_span
+from .fused import FusedUnsupported, fused_attention, fused_refusal, refuse_fused, segments_for
+from .recovery import recompute_block_starts_, recomputed_token_count
+from .sink import sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
+from .threads import model_lock
 
 logger = logging.getLogger("block_attention")
 
@@ -83,7 +95,8 @@ class BlockAttentionEngine:
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
         try:
-            self.rotary: RotaryInfo | None = inspect_model(model)
+            with model_lock(model):  # the probe runs forwards
+                self.rotary: RotaryInfo | None = inspect_model(model)
             self.block_refusal: UnsupportedModelError | None = None
         except UnsupportedModelError as exc:  # full mode still works; block mode raises this at request time
             self.rotary, self.block_refusal = None, exc
@@ -101,7 +114,7 @@ class BlockAttentionEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._quality_warned = False
-        self._fused_ok = True  # cleared when the model's attention turns out to need the separate path
+        self.lock = model_lock(model)  # held around every forward pass on the model (thread contract above)
 
     @property
     def block_finetuned(self) -> bool:
@@ -113,11 +126,9 @@ class BlockAttentionEngine:
                         store: KVStore | StoreConfig | None | bool = None, dtype: Any = "auto",
                         device: str | None = None, attn_implementation: str | None = None,
                         **model_kwargs: Any) -> "BlockAttentionEngine":
-        """Load a causal LM and its tokenizer (local path or hub id) and wrap them (via models.load_pretrained).
+        """Load a causal LM and its tokenizer (local path or hub id) and wrap them (via hf.loading.load_pretrained).
 
         ``model_kwargs`` are extra keyword arguments of ``AutoModelForCausalLM.from_pretrained``."""
-        from block_attention.models import load_pretrained
-
         kwargs = dict(model_kwargs)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
@@ -263,14 +274,15 @@ class BlockAttentionEngine:
         behind = {k: ids for k, ids in lookup.missing.items() if plan.sink_ids is not None and k != plan.keys[0]}
         alone = {k: ids for k, ids in lookup.missing.items() if k not in behind}
         encoded: list[tuple[CacheKey, BlockKV]] = []
-        if alone:
-            encoded += zip(alone, encode_blocks(self.model, list(alone.values()), pad_id=self.pad_id,
-                                                max_batch_tokens=self.config.max_batch_tokens))
-        if behind:
-            assert plan.sink_ids is not None
-            encoded += zip(behind, encode_behind_sink(self.model, plan.sink_ids, list(behind.values()),
-                                                      pad_id=self.pad_id,
-                                                      max_batch_tokens=self.config.max_batch_tokens))
+        with self.lock:
+            if alone:
+                encoded += zip(alone, encode_blocks(self.model, list(alone.values()), pad_id=self.pad_id,
+                                                    max_batch_tokens=self.config.max_batch_tokens))
+            if behind:
+                assert plan.sink_ids is not None
+                encoded += zip(behind, encode_blocks(self.model, list(behind.values()), pad_id=self.pad_id,
+                                                     max_batch_tokens=self.config.max_batch_tokens,
+                                                     sink_ids=plan.sink_ids))
         for key, kv in encoded:
             found[key] = kv
             if store and self.store is not None:
@@ -288,7 +300,7 @@ class BlockAttentionEngine:
         t1 = time.perf_counter()
         if not plan.recompute_tokens:
             return Assembled(cache, t1 - t0)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.lock:
             cache = recompute_block_starts_(self.model, cache, plan.layout, plan.recompute_tokens)
         return Assembled(cache, t1 - t0, recomputed_token_count(plan.layout, plan.recompute_tokens),
                          time.perf_counter() - t1)
@@ -307,12 +319,13 @@ class BlockAttentionEngine:
                                   "assemble() first, or plan the request with mode='full'.")
             cache, ids, first = assembled.cache, list(layout.final_ids), layout.context_len
         else:
-            cache, ids, first = DynamicCache(), layout.input_ids(), 0
+            cache, ids, first = new_cache(), layout.input_ids(), 0
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
-        out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
-                         use_cache=True, logits_to_keep=0 if all_logits else 1)
+        with self.lock:
+            out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
+                             use_cache=True, logits_to_keep=0 if all_logits else 1)
         logits = out.logits[0]  # [q or 1, V]
         if all_logits and first == 0:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
@@ -333,14 +346,15 @@ class BlockAttentionEngine:
         fresh = [(k, s) for k, s in spans if k not in lookup.found]  # every occurrence, in prompt order
         assert self.rotary is not None  # block mode was refused at plan() otherwise
         cache = assemble_cache([kv for kv, _ in cached], [o for _, o in cached], self.rotary, device) if cached \
-            else DynamicCache()
+            else new_cache()
         past = sum(kv.n_tokens for kv, _ in cached)
         t1 = time.perf_counter()
         ids = [t for _, s in fresh for t in s.token_ids] + list(layout.final_ids)
         positions = torch.cat([torch.arange(s.offset, s.end) for _, s in fresh]
                               + [torch.arange(layout.context_len, layout.total_len)])  # [q] global positions
         final = len(layout.final_ids)
-        with fused_attention(self.model, segments_for(past, [len(s.token_ids) for _, s in fresh], final)):
+        segments = segments_for(past, [len(s.token_ids) for _, s in fresh], final)
+        with self.lock, fused_attention(self.model, segments):
             out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=device),
                              position_ids=positions.to(device)[None], **cache_kwargs(self.model, cache),
                              use_cache=True, logits_to_keep=final if all_logits else 1)
@@ -361,8 +375,8 @@ class BlockAttentionEngine:
 
     def _cut_block(self, cache: DynamicCache, start: int, n: int, offset: int) -> BlockKV:
         """Fresh copy of cache tokens ``start..start+n`` with keys rotated back from ``offset`` to ``0..n-1``."""
-        keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D] copy
-        values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])  # [L, H_kv, n, D]
+        keys, values = stack_layers(cache, start, start + n)  # [L, 1, H_kv, n, D] copies
+        keys, values = keys[:, 0], values[:, 0]  # [L, H_kv, n, D]
         assert self.rotary is not None
         return BlockKV(move_keys(keys, keys, -offset, self.rotary), values)
 
@@ -372,13 +386,20 @@ class BlockAttentionEngine:
         if plan.mode == "block" and plan.layout.blocks:
             self._warn_quality_once(plan)
             lookup = self.lookup(plan)
-            if lookup.missing and self._fused_ok and self.config.cold_prefill == "fused" \
+            if lookup.missing and self.config.cold_prefill == "fused" and fused_refusal(self.model) is None \
                     and plan.sink_ids is None and not plan.recompute_tokens:
                 try:
                     return self.prefill_fused(plan, lookup, all_logits=all_logits)
                 except FusedUnsupported as exc:
-                    self._fused_ok = False
-                    logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
+                    if exc.structural:  # the model's attention cannot take the fused mask: never again on it
+                        refuse_fused(self.model, str(exc))
+                        logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
+                    else:
+                        logger.info("Fused cold prefill does not fit this request (%s); using the separate path "
+                                    "for it.", exc)
+                except Exception:  # noqa: BLE001  (this request only; the separate path raises a real error again)
+                    logger.warning("Fused cold prefill failed; using the separate path for this request.",
+                                   exc_info=True)
             blocks = self.encode(plan, lookup)
             assembled = self.assemble(plan, blocks)
             return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
@@ -488,8 +509,9 @@ class BlockAttentionEngine:
         nbytes = 0
         for start in chunks:
             part = items[start:start + batch_blocks]
-            encoded = encode_blocks(self.model, [ids for _, ids in part], pad_id=self.pad_id,
-                                    max_batch_tokens=self.config.max_batch_tokens)
+            with self.lock:
+                encoded = encode_blocks(self.model, [ids for _, ids in part], pad_id=self.pad_id,
+                                        max_batch_tokens=self.config.max_batch_tokens)
             for (key, _), kv in zip(part, encoded):
                 self.store.put(key, kv)
                 nbytes += kv.nbytes

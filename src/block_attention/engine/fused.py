@@ -16,15 +16,23 @@ Exactness: the attention pattern is the block mask, the positions are the oracle
 masked forward up to float rounding (float32 tests <= 1e-4). Stored keys carry one extra rounding (rotate back)
 compared with encoding alone; in bfloat16 that is one ulp.
 
-Limits (checked while the forward runs; the engine then falls back to the separate path for this model): soft-
-capped logits, attention sinks, and sliding windows shorter than the prompt. The cache layers are plain full
-layers (no sliding-window trimming).
+Limits (checked while the forward runs; the engine then falls back to the separate path): soft-capped logits and
+attention sinks are structural (the model's attention cannot take the fused mask: :func:`refuse_fused` records the
+reason per model and the fused path is not tried again on it); a sliding window shorter than the prompt is a
+property of one request (that request falls back). The cache layers are plain full layers (no sliding-window
+trimming).
+
+Threads: :func:`fused_attention` changes ``model.config`` for the duration of one forward; callers hold
+:func:`~block_attention.engine.threads.model_lock` of the model around it (the engine does). The attention
+function is registered with transformers once per process (idempotent).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +43,26 @@ IMPLEMENTATION = "block_attention_fused"
 
 
 class FusedUnsupported(Exception):
-    """Internal: the model's attention needs something the fused path does not do; use the separate path."""
+    """Internal: the model's attention needs something the fused path does not do; use the separate path.
+
+    ``structural``: the model can never take the fused path (not just this request)."""
+
+    def __init__(self, reason: str, *, structural: bool = False) -> None:
+        super().__init__(reason)
+        self.structural = structural
+
+
+_REFUSALS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def refuse_fused(model: torch.nn.Module, reason: str) -> None:
+    """Record that ``model``'s attention cannot take the fused path (shared by every engine on the model)."""
+    _REFUSALS[model] = reason
+
+
+def fused_refusal(model: torch.nn.Module) -> str | None:
+    """Why ``model`` cannot take the fused path, or None when it may."""
+    return _REFUSALS.get(model)
 
 
 @dataclass(frozen=True)
@@ -65,7 +92,7 @@ def block_sparse_attention(module: torch.nn.Module, query: torch.Tensor, key: to
     if seg is None:
         raise FusedUnsupported("block_sparse_attention was called outside a fused prefill")
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-        raise FusedUnsupported("soft-capped attention or attention sinks")
+        raise FusedUnsupported("soft-capped attention or attention sinks", structural=True)
     window = kwargs.get("sliding_window")
     if window is not None and int(window) < key.shape[2]:  # type: ignore[call-overload]
         raise FusedUnsupported("a sliding window shorter than the prompt")
@@ -87,17 +114,27 @@ def block_sparse_attention(module: torch.nn.Module, query: torch.Tensor, key: to
     return out.transpose(1, 2).contiguous(), None  # [1, q, H, D]
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
+_REGISTERED = threading.Event()
+_REGISTER_LOCK = threading.Lock()
 
-    AttentionInterface.register(IMPLEMENTATION, block_sparse_attention)
+
+def _register() -> None:
+    """Register :func:`block_sparse_attention` with transformers, once per process."""
+    if _REGISTERED.is_set():
+        return
+    with _REGISTER_LOCK:
+        if not _REGISTERED.is_set():
+            from transformers import AttentionInterface
+
+            AttentionInterface.register(IMPLEMENTATION, block_sparse_attention)
+            _REGISTERED.set()
 
 
 @contextlib.contextmanager
 def fused_attention(model: torch.nn.Module, segments: Segments) -> Iterator[None]:
     """Within the block, ``model``'s attention layers run :func:`block_sparse_attention` over ``segments``.
 
-    Not re-entrant and not thread-safe for one model (the engine serves one request at a time per model).
+    Not re-entrant: hold :func:`~block_attention.engine.threads.model_lock` of ``model`` around it.
     """
     _register()
     config = model.config

@@ -35,19 +35,15 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from block_attention.core.config import check_recompute_tokens
 from block_attention.core.errors import ConfigError
 from block_attention.core.kv import BlockKV
 from block_attention.core.layout import PromptLayout, additive_mask
+from block_attention.hf.cache import cache_device, cache_from, layer_tensors, layer_views
 from block_attention.hf.compat import cache_kwargs
-from block_attention.hf.rope import RotaryInfo, _base_model
+from block_attention.hf.rope import RotaryInfo
+from block_attention.hf.unwrap import base_model
 from .assemble import assemble_cache
-
-
-def check_recompute_tokens(k: int) -> int:
-    """Validate a recompute count (a non-negative int) and return it."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ConfigError(f"recompute_tokens must be an int >= 0 (0 = plain block mode), got {k!r}.")
-    return k
 
 
 def recomputed_token_count(layout: PromptLayout, k: int) -> int:
@@ -86,10 +82,11 @@ def recompute_block_starts_(model: torch.nn.Module, cache: DynamicCache, layout:
 
 def _one_pass_(model: torch.nn.Module, cache: DynamicCache,
                spans: Sequence[tuple[int, int, Sequence[int]]]) -> DynamicCache:
-    base = _base_model(model)
-    device = cache.layers[0].keys.device
+    base = base_model(model)
+    first_keys = layer_tensors(cache)[0][0]  # [1, H_kv, T, D]
+    device = first_keys.device
     dtype = next(model.parameters()).dtype
-    t = int(cache.layers[0].keys.shape[2])
+    t = int(first_keys.shape[2])
     positions = torch.cat([torch.arange(o, o + n, device=device) for o, n, _ in spans])  # [M], increasing
     ids = torch.tensor([[int(tok) for _, n, toks in spans for tok in toks[:n]]], dtype=torch.long, device=device)
     m = int(positions.numel())
@@ -99,30 +96,29 @@ def _one_pass_(model: torch.nn.Module, cache: DynamicCache,
     see_cached = (columns[None, :] < positions[:, None]) & ~recomputed[None, :]  # [M, T] stale KV hidden
     see_fresh = torch.ones(m, m, dtype=torch.bool, device=device).tril_()  # [M, M] earlier recomputed tokens
     mask = additive_mask(torch.cat([see_cached, see_fresh], dim=1), dtype)  # [1, 1, M, T + M]
-    work = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in cache.layers])  # copies [1, H, T, D]
+    work = cache_from(layer_tensors(cache))  # copies [1, H, T, D]
     base(input_ids=ids, position_ids=positions[None], attention_mask=mask, **cache_kwargs(base, work),
          use_cache=True)
-    for layer, fresh in zip(cache.layers, work.layers):
-        layer.keys.index_copy_(2, positions, fresh.keys[:, :, t:])  # [1, H_kv, M, D] -> recomputed positions
-        layer.values.index_copy_(2, positions, fresh.values[:, :, t:])
+    for (keys, values), (fresh_keys, fresh_values) in zip(layer_tensors(cache), layer_views(work, t)):
+        keys.index_copy_(2, positions, fresh_keys)  # [1, H_kv, M, D] -> recomputed positions
+        values.index_copy_(2, positions, fresh_values)
     del work
     return cache
 
 
 def _sequential_(model: torch.nn.Module, cache: DynamicCache,
                  spans: Sequence[tuple[int, int, Sequence[int]]]) -> DynamicCache:
-    base = _base_model(model)
-    device = cache.layers[0].keys.device
+    base = base_model(model)
+    device = cache_device(cache)
     for o, n, token_ids in spans:
-        prefix = DynamicCache(ddp_cache_data=[
-            (layer.keys[:, :, :o], layer.values[:, :, :o]) for layer in cache.layers  # [1, H_kv, o, D] views
-        ])
+        prefix = cache_from(layer_views(cache, 0, o))  # a copy of [1, H_kv, o, D] per layer
         ids = torch.tensor([list(token_ids[:n])], dtype=torch.long, device=device)  # [1, n]
         positions = torch.arange(o, o + n, device=device)[None]  # [1, n]
         base(input_ids=ids, position_ids=positions, **cache_kwargs(base, prefix), use_cache=True)
-        for layer, fresh in zip(cache.layers, prefix.layers):
-            layer.keys[:, :, o:o + n].copy_(fresh.keys[:, :, o:o + n])  # [1, H_kv, n, D]
-            layer.values[:, :, o:o + n].copy_(fresh.values[:, :, o:o + n])  # [1, H_kv, n, D]
+        for (keys, values), (fresh_keys, fresh_values) in zip(layer_views(cache, o, o + n),
+                                                              layer_views(prefix, o, o + n)):
+            keys.copy_(fresh_keys)  # [1, H_kv, n, D]
+            values.copy_(fresh_values)  # [1, H_kv, n, D]
         del prefix
     return cache
 

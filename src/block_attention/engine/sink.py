@@ -16,34 +16,20 @@ Contract:
   shorter distance than in the real prompt (the approximation APE makes). Requests whose layout has no prefix block
   are served as plain block mode.
 * Stored tensors are never written; assembly copies them (as for plain blocks).
+
+The encoding itself is the one block encoder, :func:`~block_attention.engine.encode.encode_blocks` with
+``sink_ids``; this module holds the option, the sink span of a layout and the cache keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-import torch
-from transformers import DynamicCache
-
-from block_attention.core.errors import ConfigError
-from block_attention.core.kv import BlockKV
+from block_attention.core.config import Sink, check_sink  # noqa: F401  (the engine's sink option, defined once)
 from block_attention.core.layout import PromptLayout
-from block_attention.hf.compat import cache_kwargs
-from block_attention.hf.rope import _base_model
+from block_attention.core.prompt import PREFIX_ID
 from block_attention.store import CacheKey
 from block_attention.store.keys import token_hash
-from .encode import plan_batches
-
-Sink = Literal["none", "prefix"]
-SINKS = ("none", "prefix")
-PREFIX_ID = "prefix:"  # doc ids of prefix blocks (see prompt.PromptBuilder.layout)
-
-
-def check_sink(sink: str) -> Sink:
-    if sink not in SINKS:
-        raise ConfigError(f"sink must be 'none' or 'prefix' (encode every block behind the prompt prefix), got {sink!r}.")
-    return sink  # type: ignore[return-value]
 
 
 def sink_span(layout: PromptLayout) -> tuple[int, ...] | None:
@@ -56,40 +42,3 @@ def sink_span(layout: PromptLayout) -> tuple[int, ...] | None:
 
 def sink_cache_key(fingerprint: str, doc_id: str, token_ids: Sequence[int], sink_ids: Sequence[int]) -> CacheKey:
     return CacheKey(fingerprint, doc_id, token_hash(token_ids) + "+sink" + token_hash(sink_ids))
-
-
-@torch.inference_mode()
-def encode_behind_sink(model: torch.nn.Module, sink_ids: Sequence[int], token_lists: Sequence[Sequence[int]], *,
-                       pad_id: int, max_batch_tokens: int = 16384) -> list[BlockKV]:
-    """KV of each token list encoded right after ``sink_ids`` (positions ``P..P+n-1``), sink KV dropped.
-
-    The sink is encoded once; each right-padded batch of blocks attends to it through a per-batch cache copy
-    (causal attention never reaches the padding, so no mask is needed)."""
-    base = _base_model(model)
-    device = next(model.parameters()).device
-    p = len(sink_ids)
-    sink_cache = DynamicCache()
-    base(input_ids=torch.tensor([list(sink_ids)], device=device), position_ids=torch.arange(p, device=device)[None],
-         **cache_kwargs(base, sink_cache), use_cache=True)
-    lengths = [len(t) for t in token_lists]
-    assert all(n > 0 for n in lengths), "empty block reached the encoder"
-    out: list[BlockKV | None] = [None] * len(token_lists)
-    for batch in plan_batches(lengths, max(1, max_batch_tokens)):
-        width, b = lengths[batch[0]], len(batch)
-        ids = torch.full((b, width), pad_id, dtype=torch.long)  # [B, n_max]
-        for row, i in enumerate(batch):
-            ids[row, : lengths[i]] = torch.tensor(list(token_lists[i]), dtype=torch.long)
-        positions = torch.arange(p, p + width, dtype=torch.long).expand(b, width)  # [B, n_max]
-        cache = DynamicCache(ddp_cache_data=[
-            (layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))  # [B, H_kv, P, D] views
-            for layer in sink_cache.layers
-        ])
-        base(input_ids=ids.to(device), position_ids=positions.to(device), **cache_kwargs(base, cache),
-             use_cache=True)
-        keys = torch.stack([layer.keys[:, :, p:] for layer in cache.layers])  # [L, B, H_kv, n_max, D]
-        values = torch.stack([layer.values[:, :, p:] for layer in cache.layers])  # [L, B, H_kv, n_max, D]
-        for row, i in enumerate(batch):
-            n = lengths[i]
-            out[i] = BlockKV(keys[:, row, :, :n].contiguous(), values[:, row, :, :n].contiguous())
-        del cache, keys, values
-    return [kv for kv in out if kv is not None]

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from block_attention.core.blocks import Block
+from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError, TrainingDataError
 from block_attention.core.layout import PromptLayout, additive_mask, block_causal_mask
 from block_attention.core.prompt import PromptBuilder, PromptConfig, pad_token_id
@@ -62,7 +63,7 @@ class CollatorConfig:
             raise ConfigError(f"mode must be 'block', 'full' or 'mixed', got {self.mode!r}.")
         if not isinstance(self.full_fraction, (int, float)) or not 0.0 <= self.full_fraction <= 1.0:
             raise ConfigError(f"full_fraction must be a number in [0, 1], got {self.full_fraction!r}.")
-        if not isinstance(self.max_len, int) or isinstance(self.max_len, bool) or self.max_len < 2:
+        if not is_int(self.max_len) or self.max_len < 2:
             raise ConfigError(f"max_len must be an int >= 2, got {self.max_len!r}.")
         if self.response_prefix is not None and not isinstance(self.response_prefix, str):
             raise ConfigError(f"response_prefix must be a str or None, got {type(self.response_prefix).__name__}.")

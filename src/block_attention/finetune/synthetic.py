@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
 from block_attention.core.prompt import PromptConfig
 
@@ -89,7 +90,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         for name in ("n_train", "n_test", "min_distractors", "max_distractors", "seed", "history_questions"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ConfigError(f"SyntheticConfig.{name} must be a non-negative int, got {value!r}.")
         if self.max_distractors < self.min_distractors or self.max_distractors < 1:
             raise ConfigError(

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
 from block_attention.core.extras import require
 from block_attention.core.prompt import PromptConfig, recorded_prompt_config
@@ -75,7 +76,7 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr!r}.")
         for name in ("batch_size", "grad_accum", "logging_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"TrainConfig.{name} must be an int >= 1, got {value!r}.")
         for name in ("max_steps",):
             value = getattr(self, name)
@@ -85,7 +86,7 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.warmup_steps must be an int >= 0, got {self.warmup_steps!r}.")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ConfigError(f"TrainConfig.num_threads must be None or an int >= 1, got {self.num_threads!r}.")
-        if not isinstance(self.lora_r, int) or isinstance(self.lora_r, bool) or self.lora_r < 0:
+        if not is_int(self.lora_r) or self.lora_r < 0:
             raise ConfigError(f"TrainConfig.lora_r must be an int >= 0 (0: full fine-tuning), got {self.lora_r!r}.")
         if not isinstance(self.save_steps, int) or self.save_steps < 0:
             raise ConfigError(f"TrainConfig.save_steps must be an int >= 0, got {self.save_steps!r}.")

@@ -3,9 +3,9 @@
 transformers 5.2x renamed the forward argument ``past_key_values`` to ``cache`` (the old name warns on every call
 and is removed in 5.40) and the output field likewise. :func:`cache_kwargs` names the cache the way the model's
 ``forward`` accepts it (inspected once per model class) and :func:`output_cache` reads it back from either field,
-so the oldest supported release (5.0) and the newest both work without warnings. :func:`cache_over` builds a
-``DynamicCache`` that adopts assembled tensors instead of copying them (the public constructor concatenates every
-layer onto an empty tensor, a full copy of the context's KV).
+so the oldest supported release (5.0) and the newest both work without warnings. The cache's internals (its
+layers and constructors) live in :mod:`.cache` alone; ``cache_over`` and ``empty_cache`` are re-exported here for
+the old ``block_attention.compat`` import path.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ import inspect
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(model, "get_base_model", None)  # PEFT wrappers forward **kwargs to the model inside
-    return get_base() if callable(get_base) else model
+from .cache import cache_over, empty_cache  # noqa: F401  (re-exported: the old block_attention.compat path)
+from .unwrap import unwrap_peft
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,7 +31,7 @@ def _cache_argument(model_class: type) -> str:
 
 def cache_argument(model: torch.nn.Module) -> str:
     """``"cache"`` when ``model.forward`` takes that argument (newer transformers), else ``"past_key_values"``."""
-    return _cache_argument(type(_inner(model)))
+    return _cache_argument(type(unwrap_peft(model)))
 
 
 def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
@@ -48,27 +45,3 @@ def output_cache(output: Any) -> Any:
     if "cache" in keys:
         return output["cache"]
     return output["past_key_values"] if "past_key_values" in keys else getattr(output, "past_key_values", None)
-
-
-def cache_over(layers: list[tuple[torch.Tensor, torch.Tensor, int | None]]) -> DynamicCache:
-    """A ``DynamicCache`` over per-layer ``(keys, values, window)`` (``[1, H_kv, T, D]`` each; ``window`` None for a
-    full-attention layer). Full-attention layers hold the given tensors themselves (the cache never writes into
-    them: its updates concatenate into new storage); sliding-window layers keep their own copy of the last
-    ``window - 1`` tokens, as the model's cache would."""
-    data = [(k[:, :, :0], v[:, :, :0]) if w is None else (k, v, torch.tensor(w)) for k, v, w in layers]
-    cache = DynamicCache(ddp_cache_data=data)  # full layers start empty: nothing is copied
-    for layer, (keys, values, window) in zip(cache.layers, layers):
-        if window is None:
-            layer.keys, layer.values = keys, values
-            if layer.get_seq_length() != keys.shape[-2]:  # a release whose layers keep other length state:
-                return DynamicCache(ddp_cache_data=[(k, v) if w is None else (k, v, torch.tensor(w))
-                                                    for k, v, w in layers])  # the public, copying way
-    return cache
-
-
-def empty_cache(cache: DynamicCache) -> None:
-    """Drop every layer's tensors from ``cache`` in place (other holders of the same cache object then keep no KV
-    alive); the cache reads as empty afterwards."""
-    for layer in cache.layers:
-        layer.keys = layer.values = None
-        layer.is_initialized = False

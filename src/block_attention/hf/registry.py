@@ -224,12 +224,12 @@ def adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_with_adapter(path: str | os.PathLike[str], *, dtype: Any, device: str | None) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the adapter's base model with the LoRA weights merged in (a plain model again, as
     fast as the base), carrying the adapter's recorded prompt config as ``config.block_attention``."""
-    from .. import models  # the one place transformers' loaders are called
+    from .loading import load_pretrained  # the one place transformers' loaders are called
 
     record = adapter_record(path)
     base = record["base"]
     base_path = str(checkpoint_dir(base)) if base in REAL_MODELS else base
-    model, tokenizer = models.load_pretrained(base_path, dtype=dtype, device=device)
+    model, tokenizer = load_pretrained(base_path, dtype=dtype, device=device)
     PeftModel = require("train", "peft").PeftModel  # LoRA adapters are what the [train] extra makes
     merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     merged.config.block_attention = {k: record[k] for k in ("prompt_config", "trained_with") if k in record}

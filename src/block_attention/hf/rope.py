@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from block_attention.core.errors import UnsupportedModelError
+from .cache import layer_tensors, new_cache
 from .compat import cache_kwargs
+from .unwrap import base_model
 
 # Rotary types whose frequencies do not depend on positions (or only beyond a limit we enforce).
 STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})
@@ -102,18 +104,10 @@ class RotaryInfo:
         }
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base):  # a PEFT wrapper: the transformers model inside (adapter layers are injected in place)
-        model = get_base()
-    prefix = getattr(model, "base_model_prefix", "model")
-    return getattr(model, prefix, model)
-
-
 def _no_rope_reason(model: torch.nn.Module, config: object) -> str:
     """Why a model without a rotary module cannot have its cached keys moved."""
     try:
-        source = inspect.getsource(inspect.getmodule(type(_base_model(model))))
+        source = inspect.getsource(inspect.getmodule(type(base_model(model))))
     except (OSError, TypeError):
         source = ""
     if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False) \
@@ -126,7 +120,7 @@ def _no_rope_reason(model: torch.nn.Module, config: object) -> str:
 
 
 def _rotary_module(model: torch.nn.Module) -> torch.nn.Module | None:
-    base = _base_model(model)
+    base = base_model(model)
     rotary = getattr(base, "rotary_emb", None)
     if rotary is not None:
         return rotary
@@ -160,7 +154,7 @@ def _layer_windows(model: torch.nn.Module, text_config: object, n_layers: int) -
     # Without layer types a config's sliding_window is used only if the model's mask construction reads it
     # (Mistral, Mixtral, Phi-3, Starcoder2 do; Llama ignores an extra `sliding_window` attribute).
     try:
-        source = inspect.getsource(type(_base_model(model)).forward)
+        source = inspect.getsource(type(base_model(model)).forward)
     except (OSError, TypeError):
         source = ""
     applied = "create_sliding_window_causal_mask" in source and getattr(text_config, "use_sliding_window", True)
@@ -249,13 +243,11 @@ def inspect_model(model: torch.nn.Module) -> RotaryInfo:
 
 @torch.inference_mode()
 def _probe_cache(model: torch.nn.Module, ids: torch.Tensor, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
+    cache = new_cache()
     positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]  # [1, n]
-    base = _base_model(model)
+    base = base_model(model)
     base(input_ids=ids, position_ids=positions, **cache_kwargs(base, cache), use_cache=True)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return layer_tensors(cache)
 
 
 def _probe(model: torch.nn.Module, layers: list[LayerRotary], rotary_dim: int,

@@ -59,14 +59,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from block_attention.core.checks import is_int
 from block_attention.core.config import GenerationConfig
 from block_attention.core.errors import ConfigError, RequestCancelledError, SchedulerClosedError
 from block_attention.engine.decoding import DecodeState, decode_step
 from block_attention.engine.stages import Generation, RequestPlan
-from block_attention.hf.compat import cache_kwargs, cache_over, empty_cache, output_cache
+from block_attention.engine.threads import model_lock
+from block_attention.hf.cache import DynamicCache, cache_over, empty_cache, is_plain_cache, layer_tensors
+from block_attention.hf.compat import cache_kwargs, output_cache
 
 logger = logging.getLogger("block_attention")
 
@@ -143,14 +144,7 @@ def batchable_model(model: torch.nn.Module) -> bool:
 
 def plain_cache(cache: Any) -> bool:
     """Whether ``cache`` is a one-row ``DynamicCache`` of plain (full-attention) layers, all of one length."""
-    layers = getattr(cache, "layers", None)
-    if not isinstance(cache, DynamicCache) or not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return False
-    keys = [getattr(layer, "keys", None) for layer in layers]
-    if any(k is None or k.ndim != 4 for k in keys):
-        return False
-    shapes = {(k.shape[0], k.shape[-2]) for k in keys}
-    return len(shapes) == 1 and next(iter(shapes))[0] == 1
+    return is_plain_cache(cache)
 
 
 def _left_pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -178,7 +172,7 @@ class PaddedBatch:
     def add(self, state: DecodeState) -> None:
         """Take over ``state``'s one-row cache (``state.cache`` becomes ``None``; that cache object is emptied)."""
         assert state.cache is not None and plain_cache(state.cache)
-        own = [(layer.keys, layer.values) for layer in state.cache.layers]  # each [1, H_kv, n, D]
+        own = layer_tensors(state.cache)  # each [1, H_kv, n, D]
         n = own[0][0].shape[-2]
         row_mask = torch.ones((1, n), dtype=torch.bool, device=self.device)  # [1, n]
         if self.cache is None:
@@ -187,9 +181,9 @@ class PaddedBatch:
         else:
             width = max(self.width, n)
             grow, pad = width - self.width, width - n
-            data = [(torch.cat([_left_pad(layer.keys, grow, 2), _left_pad(k, pad, 2)]),  # [B+1, H_kv, W, D]
-                     torch.cat([_left_pad(layer.values, grow, 2), _left_pad(v, pad, 2)]))
-                    for layer, (k, v) in zip(self.cache.layers, own)]
+            data = [(torch.cat([_left_pad(keys, grow, 2), _left_pad(k, pad, 2)]),  # [B+1, H_kv, W, D]
+                     torch.cat([_left_pad(values, grow, 2), _left_pad(v, pad, 2)]))
+                    for (keys, values), (k, v) in zip(layer_tensors(self.cache), own)]
             self.mask = torch.cat([_left_pad(self.mask, grow, 1), _left_pad(row_mask, pad, 1)])  # [B+1, W]
         self.cache = cache_over([(k, v, None) for k, v in data])  # the new tensors themselves, not a copy
         self.rows.append(state)
@@ -210,8 +204,8 @@ class PaddedBatch:
         first = int(mask.any(dim=0).nonzero()[0])  # leading columns that are padding in every row
         self.mask = mask[:, first:]
         self.cache = cache_over([
-            (layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:], None)
-            for layer in self.cache.layers])  # each [B', H_kv, T - first, D]
+            (keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:], None)
+            for keys, values in layer_tensors(self.cache)])  # each [B', H_kv, T - first, D]
         self.rows = [self.rows[i] for i in indices]
 
     @torch.inference_mode()
@@ -224,8 +218,9 @@ class PaddedBatch:
         positions = torch.tensor([[p] for _, p in inputs], dtype=torch.long, device=self.device)  # [B, 1]
         mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)  # [B, T+1]
         padded = not bool(mask.all())  # no padding at all (e.g. one row): the same call as a one-row step
-        out = model(input_ids=tokens, position_ids=positions, attention_mask=mask if padded else None,
-                    **cache_kwargs(model, self.cache), use_cache=True, logits_to_keep=1)
+        with model_lock(model):  # the engine's thread contract (block_attention.engine.threads)
+            out = model(input_ids=tokens, position_ids=positions, attention_mask=mask if padded else None,
+                        **cache_kwargs(model, self.cache), use_cache=True, logits_to_keep=1)
         self.cache, self.mask = output_cache(out), mask
         return out.logits[:, -1]  # [B, V]
 
@@ -236,8 +231,8 @@ class PaddedBatch:
             for i, state in enumerate(rows):
                 pad = width - int(self.mask[i].sum())
                 state.cache = cache_over([  # own storage, so the batch's tensors can be freed
-                    (layer.keys[i:i + 1, :, pad:width].clone(), layer.values[i:i + 1, :, pad:width].clone(), None)
-                    for layer in self.cache.layers])  # each [1, H_kv, n, D]
+                    (keys[i:i + 1, :, pad:width].clone(), values[i:i + 1, :, pad:width].clone(), None)
+                    for keys, values in layer_tensors(self.cache)])  # each [1, H_kv, n, D]
         self.keep([])
         return rows
 
@@ -262,7 +257,7 @@ class BatchScheduler:
 
     def __init__(self, engine: Any, max_batch: int = 8, *, on_step: Callable[[int], None] | None = None,
                  name: str = "block-attention-model") -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        if not is_int(max_batch) or max_batch < 1:
             raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}; pass 1 to decode one request "
                               "at a time, or more to batch concurrent requests.")
         self.engine = engine

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from block_attention.core.checks import is_int
 from block_attention.core.errors import InvalidRequestError
 
 PARAM = "block_attention"  # the key inside kv_transfer_params
@@ -88,7 +89,7 @@ def parse(kv_transfer_params: Mapping[str, Any] | None, prompt_len: int) -> Bloc
     blocks = []
     for item in items:
         doc_id, n = (item.get("id"), item.get("n")) if isinstance(item, Mapping) else (None, None)
-        if not isinstance(doc_id, str) or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not isinstance(doc_id, str) or not is_int(n) or n < 1:
             raise InvalidRequestError(f"Each block must be {{'id': str, 'n': positive int}}, got {item!r}.")
         blocks.append(BlockRef(doc_id, n))
     request = BlockRequest(role, tuple(blocks))
