@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from block_attention.core.checks import is_int
 from block_attention.core.errors import ConfigError
 
 
@@ -37,6 +38,6 @@ class ServerSettings:
                               "leave it unset for an open server.")
         for name in ("max_body_bytes", "default_max_tokens", "top_k", "max_batch"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"ServerSettings.{name} must be a positive integer, got {value!r}; pass a "
                                   "positive integer.")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from block_attention.core.checks import is_int
+from block_attention.core.checks import is_int, is_number
 from block_attention.core.errors import ConfigError
 from block_attention.store.codec import check_codec
 
@@ -153,6 +153,6 @@ def _check_remote(cfg: StoreConfig) -> None:
         raise ConfigError(f"StoreConfig.remote_max_value_bytes must be an integer between 1 KiB and 512 MiB (Redis's "
                           f"value limit), got {cap!r}; pass e.g. remote_max_value_bytes=256 * 1024**2.")
     timeout = cfg.remote_timeout_s
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+    if not is_number(timeout) or not 0 < timeout <= 60:
         raise ConfigError(f"StoreConfig.remote_timeout_s must be a number of seconds in (0, 60], got {timeout!r}; "
                           "pass e.g. remote_timeout_s=0.5.")

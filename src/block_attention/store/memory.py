@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+from block_attention.core.checks import is_int
 from block_attention.core.kv import BlockKV
 from block_attention.store.standard import MEMORY
 from block_attention.store.tier import KVTier, TierStats
@@ -33,7 +34,7 @@ class MemoryTier(KVTier, Generic[K]):
     keeps_tensors = True  # holds the tensors it is given (no serialization)
 
     def __init__(self, max_bytes: int) -> None:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        if not is_int(max_bytes) or max_bytes < 0:
             raise ValueError(f"MemoryTier max_bytes must be a non-negative integer, got {max_bytes!r}.")
         self._max_bytes = max_bytes
         self._entries: OrderedDict[K, BlockKV] = OrderedDict()  # least recently used first
