@@ -13,8 +13,7 @@ Public names (imported on first use, so importing the package loads neither torc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from block_attention.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -30,14 +29,4 @@ _EXPORTS = {
     "block_query_engine": "markers",
     "to_blocks": "blocks",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'llama_index.llms.block_attention' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
