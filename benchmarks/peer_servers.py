@@ -220,18 +220,19 @@ def llamacpp_server(gguf: Path, *, threads: int, n_batch: int = 512, n_ctx: int 
     return Server("llamacpp", argv, {"OMP_NUM_THREADS": str(threads)}, settings, health="/v1/models", port=port)
 
 
-def library_server(model_dir: Path, *, threads: int, memory_mib: int = 4096, max_batch: int = 8) -> Server:
+def library_server(model_dir: Path, *, threads: int, memory_mib: int = 4096, max_batch: int = 8,
+                   dtype: str = "float32") -> Server:
     """``block-attention serve`` from this checkout's venv (the benchmark's own interpreter)."""
     port = free_port()
     argv = [sys.executable, "-m", "block_attention", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
             "--port", str(port), "--memory-mib", str(memory_mib), "--no-disk-cache", "--max-batch", str(max_batch),
-            "--log-level", "warning"]
+            "--dtype", dtype, "--log-level", "warning"]
     src = str(Path(__file__).resolve().parents[1] / "src")
     path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     env = {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     return Server("block-attention", argv, env, {"memory_mib": memory_mib, "max_batch": max_batch,
-                                                 "threads": threads}, port=port, isolated=False)
+                                                 "threads": threads, "dtype": dtype}, port=port, isolated=False)
 
 
 def check(peer: str) -> int:

@@ -381,6 +381,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="threads of every method (default 2: this machine)")
     ap.add_argument("--clients", default="1,4,8", help="concurrent HTTP clients (vLLM vs block-attention serve)")
     ap.add_argument("--rounds", type=int, default=1, help="requests per client in the concurrency runs")
+    ap.add_argument("--server-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="dtype of block-attention serve (the HTTP row and the concurrency runs); auto: bfloat16 "
+                         "where the CPU has native bf16 (as vLLM's auto), else float32")
     ap.add_argument("--vllm-dtype", default="auto",
                     help="vLLM dtype; auto: bfloat16 where the CPU has native bf16 (AVX512-BF16 or AMX, as its CPU "
                          "docs advise), else float32")
@@ -439,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = bc.native_bf16()
     if args.vllm_dtype == "auto":
         args.vllm_dtype = "bfloat16" if bf16 else "float32"
+    if args.server_dtype == "auto":
+        args.server_dtype = "bfloat16" if bf16 else "float32"
     if not bf16 and "bf16" not in skip:
         skip.add("bf16")
         skipped["bf16"] = ("not run: this CPU has no native bf16 (no AVX512-BF16, no AMX), so torch emulates "
@@ -501,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix_reusable = {"tokens": reusable, "prompt_tokens": [len(unseen_ids[id(r)]) for r in unseen],
                            "share": round(sum(reusable) / max(1, sum(len(unseen_ids[id(r)]) for r in unseen)), 3)}
         if "http" not in skip:
-            server = ps.library_server(folder32, threads=args.threads)
+            server = ps.library_server(folder32, threads=args.threads, dtype=args.server_dtype)
             settings["library_http"] = server.settings
             with server:
                 server.start(tmp / "logs")

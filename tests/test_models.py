@@ -36,3 +36,18 @@ def test_model_kwargs_mean_from_pretrained_kwargs_only(model_dir: Path, tmp_path
         load_pretrained(str(model_dir), model_kwargs={"device": "cpu"})
     with pytest.raises(ModelLoadError, match="Could not load model"):
         load_engine(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("dtype, expected", [("bfloat16", torch.bfloat16), ("float32", torch.float32)])
+def test_cli_dtype_option_reaches_the_factory(model_dir: Path, tmp_path: Path, dtype: str, expected: torch.dtype
+                                              ) -> None:
+    from block_attention import cli
+
+    for command in (["ask", "q?", "--index", str(tmp_path)], ["serve"]):
+        args = cli.build_parser().parse_args([*command, "--model", str(model_dir), "--dtype", dtype])
+        assert args.dtype == dtype
+    engine = cli._engine(args)  # the ask/chat path; serve passes args.dtype to the same factory
+    try:
+        assert engine.model.dtype == expected
+    finally:
+        engine.close()
