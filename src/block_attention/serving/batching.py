@@ -239,6 +239,8 @@ class PaddedBatch:
 
 @dataclass
 class _Active:
+    """One running request (a batch row and a one-by-one row alike): its ticket and its decode state."""
+
     ticket: Ticket
     state: DecodeState
 
@@ -271,8 +273,8 @@ class BatchScheduler:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._batch = PaddedBatch(engine.device)
+        self._rows: list[_Active] = []  # the batch's requests, in the order of self._batch.rows
         self._solo: list[_Active] = []  # stepped one by one (fallback)
-        self._tickets: dict[int, Ticket] = {}  # id(state) -> ticket of the batch rows
         self._admitted: list[Ticket] = []  # taken from the queue this turn (a loop failure fails those not ended)
 
     # -- submitting ------------------------------------------------------------------------------------------
@@ -435,7 +437,7 @@ class BatchScheduler:
         if state.finished:
             self._finish(ticket, state)
         elif batched:
-            self._tickets[id(state)] = ticket
+            self._rows.append(_Active(ticket, state))  # the batch appended ``state`` last: same order
         else:
             self._solo.append(_Active(ticket, state))
 
@@ -467,8 +469,7 @@ class BatchScheduler:
     def _step(self) -> None:
         """One decode step of every active request: one batched forward, then the one-by-one rows."""
         batch = self._batch
-        keep = [i for i, s in enumerate(batch.rows) if not self._cancelled(self._tickets[id(s)])]
-        self._drop_rows(keep)
+        self._drop_rows([i for i, a in enumerate(self._rows) if not self._cancelled(a.ticket)])
         if batch.rows:
             try:
                 logits = batch.step(self.engine.model)  # [B, V]
@@ -476,11 +477,13 @@ class BatchScheduler:
                 self.stats.fallback = True
                 logger.warning("A batched decode step failed (%r); decoding requests one at a time from now on.",
                                exc)
-                self._solo += [_Active(self._tickets.pop(id(s)), s) for s in batch.release()]
+                batch.release()  # every row's state gets its own one-row cache back
+                self._solo += self._rows
+                self._rows = []
             else:
                 self._record(len(batch.rows))
-                self._drop_rows([i for i, state in enumerate(batch.rows)
-                                 if self._advance(self._tickets[id(state)], state, lambda i=i: logits[i])])
+                self._drop_rows([i for i, a in enumerate(self._rows)
+                                 if self._advance(a.ticket, a.state, lambda i=i: logits[i])])
 
         def solo_step(state: DecodeState) -> torch.Tensor:
             row = decode_step(self.engine.model, state, self.engine.device)  # [V]
@@ -504,16 +507,17 @@ class BatchScheduler:
         return True
 
     def _drop_rows(self, keep: list[int]) -> None:
-        kept = {id(self._batch.rows[i]) for i in keep}
-        for state in self._batch.rows:
-            if id(state) not in kept:
-                self._tickets.pop(id(state), None)
+        """Keep only batch rows ``keep`` (indices into ``self._rows``, which mirrors ``self._batch.rows``)."""
+        assert len(self._rows) == len(self._batch.rows)
         try:
             self._batch.keep(keep)  # copies the kept rows: may run out of memory (the batch is then unchanged)
         except Exception as exc:  # the kept rows fail; the scheduler goes on with an empty batch
             for i in keep:
-                self._end(self._tickets.pop(id(self._batch.rows[i])), Failed(exc))
+                self._end(self._rows[i].ticket, Failed(exc))
             self._batch.keep([])
+            self._rows = []
+            return
+        self._rows = [self._rows[i] for i in keep]
 
     def _shutdown(self) -> None:
         error = SchedulerClosedError("The batch scheduler was closed (server shutting down) before this request "
@@ -523,14 +527,13 @@ class BatchScheduler:
             calls = list(self._queue.calls)
             self._queue.waiting.clear()
             self._queue.calls.clear()
-        running = [self._tickets[id(s)] for s in self._batch.rows if id(s) in self._tickets] \
-            + [a.ticket for a in self._solo]
+        running = [a.ticket for a in self._rows + self._solo]
         admitted = [t for t in self._admitted if not t.ended and all(t is not r for r in running)]
         for ticket in waiting + admitted + running:  # admitted: after a failure of the loop, those it was starting
             self._end(ticket, Failed(error))
         self._admitted = []
         self._batch.keep([])
-        self._tickets.clear()
+        self._rows = []
         self._solo = []
         for _, future in calls:  # never run: their waiters get the error instead of waiting forever
             if future.set_running_or_notify_cancel():
