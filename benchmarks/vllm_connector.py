@@ -50,7 +50,7 @@ import httpx
 
 import bench_common as bc
 import peer_servers as ps
-from peers import Request, library_body, run_concurrency, stream_request, unseen_orders
+from peers import Request, concurrency_levels, library_body, stream_request, unseen_orders
 
 from block_attention import Block, PromptBuilder
 from block_attention.hf import registry
@@ -141,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         plans = {id(r): client.plan(builder, list(r.blocks), r.question) for r in unseen}
         sampling = {"max_tokens": args.max_new, "temperature": 0.0, "stream_options": {"include_usage": True}}
         if levels:
-            conc["vllm_prefix"] = levels_run(server, unseen, levels, lambda r: {
-                "model": SERVED_NAME, "prompt": plans[id(r)].layout.input_ids(), **sampling})
+            conc["vllm_prefix"] = concurrency_levels(server, unseen, levels, 1, lambda r: {
+                "model": SERVED_NAME, "prompt": plans[id(r)].layout.input_ids(), **sampling}, "/v1/completions")
             loaded_before = metric_total(server.base_url, "vllm:external_prefix_cache_hits")
-            conc["vllm_connector"] = levels_run(server, unseen, levels, lambda r: {
-                "model": SERVED_NAME, **plans[id(r)].serve_body(**sampling)})
+            conc["vllm_connector"] = concurrency_levels(server, unseen, levels, 1, lambda r: {
+                "model": SERVED_NAME, **plans[id(r)].serve_body(**sampling)}, "/v1/completions")
             # a streamed response carries no kv_transfer_params: vLLM's own counter says what the connector loaded
             conc["vllm_connector"]["loaded_tokens"] = (
                 metric_total(server.base_url, "vllm:external_prefix_cache_hits") - loaded_before)
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             with httpx.Client(base_url=lib.base_url, timeout=1800) as http:
                 for r in sent[::2]:  # warm: each question's passages once (order A)
                     stream_request(http, "/v1/chat/completions", library_body(r, 1))
-            conc["library"] = levels_run(lib, unseen, levels, lambda r: library_body(r, args.max_new),
-                                         path="/v1/chat/completions")
+            conc["library"] = concurrency_levels(lib, unseen, levels, 1, lambda r: library_body(r, args.max_new),
+                                                 "/v1/chat/completions")
     rows = {row: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
             for row, v in times.items()}
     print(f"\n{'row':<24}{'median':>10}{'min':>10}{'max':>10}")
@@ -176,17 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, out.with_suffix(".png"), result)
     print(json.dumps(result))
     return 0
-
-
-def levels_run(server: Any, requests: list[Request], levels: list[int], body_of: Any,
-               path: str = "/v1/completions") -> dict[str, Any]:
-    """One system's runs: for each client count ``c``, the next ``c`` requests at once (one each)."""
-    out, offset = {}, 0
-    for c in levels:
-        out[str(c)] = run_concurrency(server, requests[offset:offset + c], c, 1, body_of, path)
-        offset += c
-        print(f"{path} clients={c}: " + str({k: v for k, v in out[str(c)].items() if k != "texts"}), flush=True)
-    return out
 
 
 def metric_total(base_url: str, name: str) -> float:

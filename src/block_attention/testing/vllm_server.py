@@ -24,6 +24,8 @@ SERVED_NAME = "model"
 
 
 class VLLMServer:
+    name = "vllm+connector"  # how benchmark logs name it (as benchmarks/peer_servers.Server.name)
+
     def __init__(self, vllm_python: str | os.PathLike[str], model: str | os.PathLike[str], *,
                  store: Mapping[str, Any], log_path: Path, threads: int = 2, kv_space_gib: int = 1,
                  max_model_len: int = 8192, extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
