@@ -51,6 +51,10 @@ def _check(engine, model, blocks, greedy_tokens):
     assert out.logits.shape == ref.shape
     gen = engine.generate(blocks, QUESTION, max_new_tokens=greedy_tokens, stop_on_eos=False)
     assert list(gen.token_ids) == reference_greedy(model, out.layout, greedy_tokens)
+    again = engine.generate(blocks, QUESTION, max_new_tokens=greedy_tokens, stop_on_eos=False)  # an exact repeat
+    final = len(out.layout.final_ids)
+    keeps = all(w is None or w - 1 >= final for w in engine.rotary.windows)  # the window holds the final block
+    assert again.stats.final_reused == keeps and again.token_ids == gen.token_ids
     return (out.logits - ref).abs().max().item(), out, ref
 
 

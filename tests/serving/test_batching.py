@@ -450,3 +450,47 @@ def test_running_out_of_memory_when_rows_leave_fails_the_batch_not_the_scheduler
     later = scheduler.generate(job(engine, long))
     scheduler.close()
     assert later.token_ids == reference.token_ids and scheduler.pending == 0
+
+
+def test_run_here_runs_the_model_loop_on_the_calling_thread_until_closed(tok, llama):
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    scheduler = BatchScheduler(engine)
+    request = dict(blocks=[Block(PASSAGES[0], "p")], question="Where?", max_new_tokens=6)
+    want = engine.generate(**request)
+    seen, results = [], []
+
+    def submit_then_close() -> None:  # the "HTTP side": submits once the loop is claimed, then shuts it down
+        def planned():
+            seen.append(threading.current_thread())
+            return engine.plan_request(**request)
+
+        results.append(scheduler.generate(planned))
+        scheduler.close()
+
+    host = threading.Thread(target=lambda: scheduler.run_here(ready=threading.Thread(target=submit_then_close).start))
+    host.start()
+    host.join(120)
+    assert not host.is_alive() and seen == [host]  # planned, prefilled and decoded on the thread that called it
+    assert results[0].token_ids == want.token_ids and scheduler.closed
+    with pytest.raises(ConfigError, match="already has a model thread"):
+        scheduler.run_here()
+
+
+def test_run_here_refuses_a_scheduler_with_a_model_thread_and_a_failing_ready_closes_it(tok, llama):
+    engine = BlockAttentionEngine(llama, tok, store=False)
+    busy = BatchScheduler(engine)
+    busy.generate(job(engine, dict(blocks=[], question="Q?", max_new_tokens=2)))  # starts its model thread
+    with pytest.raises(ConfigError, match="already has a model thread"):
+        busy.run_here()
+    busy.close()
+
+    fresh = BatchScheduler(engine)
+
+    def broken() -> None:
+        raise OSError("the port is taken")
+
+    with pytest.raises(OSError, match="port"):
+        fresh.run_here(ready=broken)
+    assert fresh.closed
+    with pytest.raises(SchedulerClosedError):
+        fresh.submit(job(engine, dict(blocks=[], question="Q?")), lambda _: None)

@@ -187,6 +187,19 @@ def test_metrics_count_requests_errors_ttft_and_tiers(served: Served) -> None:
     assert metric(text, "block_attention_kv_tier_bytes", 'tier="memory"') > 0
 
 
+def test_repeated_request_reuses_the_final_block_and_answers_the_same(served: Served, reference: Any) -> None:
+    question = "Which passage is about repeats?"  # a question no other test asks: its first time here
+    want = reference.generate(as_blocks(DOCS), question, max_new_tokens=10)
+    body = {"messages": [{"role": "user", "content": question}], "documents": DOCS, "max_tokens": 10}
+    with served.client() as client:
+        before = metric(client.get("/metrics").text, "block_attention_final_reused_total")
+        first, again = chat(client, **body).json(), chat(client, **body).json()
+        after = metric(client.get("/metrics").text, "block_attention_final_reused_total")
+    assert not first["block_attention"]["final_reused"] and again["block_attention"]["final_reused"]
+    assert first["choices"][0]["message"]["content"] == again["choices"][0]["message"]["content"] == want.text
+    assert after == before + 1
+
+
 def test_disconnecting_client_stops_generation(served: Served) -> None:
     body = {"messages": [{"role": "user", "content": QUESTION}], "documents": DOCS}
     with served.client() as client:

@@ -54,6 +54,14 @@ class EngineConfig:
     ``sink``: ``"prefix"`` encodes every block behind the prompt's prefix block (a shared attention sink, APE-style;
     see :mod:`block_attention.engine.sink`); ``"none"`` (default) encodes each block alone. Each request may
     override it.
+    ``final_attention``: how the final block of a block-mode request attends to the assembled cache. ``"sparse"``
+    (default, models running ``sdpa``): one SDPA call per layer with a bottom-right causal mask and the key/value
+    heads not expanded (:func:`block_attention.engine.fused.block_sparse_attention`), the same attention pattern
+    as the model's own; a model or request it cannot serve (soft-capped logits, attention sinks, a sliding window
+    shorter than the prompt) runs the model's attention instead. ``"model"``: always the model's own attention.
+    ``repeat_cache_bytes``: memory for exact repeats (:mod:`block_attention.engine.repeats`): the final block's KV
+    and last logits per request layout, so a repeated block-mode request skips the final block's forward and
+    answers bitwise as the first did. ``0`` turns it off.
     """
 
     mode: Mode = "block"
@@ -63,6 +71,8 @@ class EngineConfig:
     cold_prefill: Literal["fused", "separate"] = "separate"
     recompute_tokens: int = 0
     sink: Sink = "none"
+    final_attention: Literal["sparse", "model"] = "sparse"
+    repeat_cache_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -72,6 +82,11 @@ class EngineConfig:
             raise ConfigError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}.")
         if self.cold_prefill not in ("fused", "separate"):
             raise ConfigError(f"cold_prefill must be 'fused' or 'separate', got {self.cold_prefill!r}.")
+        if self.final_attention not in ("sparse", "model"):
+            raise ConfigError(f"final_attention must be 'sparse' or 'model', got {self.final_attention!r}.")
+        if not is_int(self.repeat_cache_bytes) or self.repeat_cache_bytes < 0:
+            raise ConfigError(f"repeat_cache_bytes must be an integer >= 0 (0 turns exact-repeat reuse off), got "
+                              f"{self.repeat_cache_bytes!r}.")
         check_recompute_tokens(self.recompute_tokens)
         check_sink(self.sink)
         if self.prompt is not None and not isinstance(self.prompt, PromptConfig):

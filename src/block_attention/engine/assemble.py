@@ -1,11 +1,12 @@
 """Assembly: re-encode cached blocks to their prompt offsets and concatenate them into a transformers cache.
 
 Input blocks are read, never written: every block's keys are rotated straight into their slice of one new
-``[L, H_kv, T, D]`` tensor (one read, one write; float32 temporaries of one block, at most ~32 MB of layers at a
-time) and the values are concatenated into another. All tokens of a block move by the same offset, so one cos/sin
-pair per frequency serves the whole block. Each layer gets the cache type the model's attention needs: a full
-layer, or a sliding-window layer (keeping the last ``window - 1`` tokens) where the model's mask applies a window;
-the model's own mask then covers the final block within and beyond the window.
+``[L, H_kv, T, D]`` tensor (one read, one write) and the values are concatenated into another. The float32
+temporaries of a rotation cover about 1 MB of one block's layers at a time, so they stay in the CPU's cache
+(3K SmolLM2 tokens in bf16 on a 2-core AMX machine: 14 ms, against 24 ms with 32 MB chunks). All tokens of a block
+move by the same offset, so one cos/sin pair per frequency serves the whole block. Each layer gets the cache type
+the model's attention needs: a full layer, or a sliding-window layer (keeping the last ``window - 1`` tokens) where
+the model's mask applies a window; the model's own mask then covers the final block within and beyond the window.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from block_attention.core.kv import BlockKV
 from block_attention.hf.compat import cache_over
 from block_attention.hf.rope import RotaryInfo, rotate_block_into
 
-ROTATION_CHUNK_BYTES = 32 << 20  # float32 temporaries of a rotation stay under about twice this
+ROTATION_CHUNK_BYTES = 1 << 20  # float32 temporaries of a rotation stay under about twice this (one layer at least)
 
 
 @torch.no_grad()  # caches hold plain tensors: nothing here is trained through

@@ -46,7 +46,8 @@ from block_attention.core.kv import BlockKV, KVGeometry
 from block_attention.core.layout import PromptLayout
 from block_attention.core.prompt import Message, PromptBuilder, PromptConfig, pad_token_id, recorded_prompt_config
 from block_attention.core.quality import is_block_finetuned, model_name, quality_warning
-from block_attention.hf.cache import DynamicCache, new_cache, stack_layers
+from block_attention.hf.cache import (DynamicCache, cache_state, extend_cache, layer_lengths, new_cache,
+                                      restore_cache, stack_layers)
 from block_attention.hf.compat import cache_kwargs, output_cache
 from block_attention.hf.fingerprint import WeightsWatch, model_fingerprint
 from block_attention.hf.loading import load_pretrained
@@ -58,6 +59,7 @@ from .decoding import DecodeState, decode_step
 from .encode import encode_blocks
 from .fused import FusedUnsupported, fused_attention, fused_refusal, refuse_fused, segments_for
 from .recovery import recompute_block_starts_, recomputed_token_count
+from .repeats import FinalBlock, RepeatCache
 from .sink import sink_cache_key, sink_span
 from .stages import (Assembled, BlockKVs, Generation, Lookup, Prefilled, PrefillOutput, RequestPlan, RequestStats,
                      TextStream, WarmReport)
@@ -114,6 +116,7 @@ class BlockAttentionEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._quality_warned = False
+        self.repeats = RepeatCache(self.config.repeat_cache_bytes)  # exact repeats skip the final block
         self.lock = model_lock(model)  # held around every forward pass on the model (thread contract above)
 
     @property
@@ -323,13 +326,37 @@ class BlockAttentionEngine:
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]
+        kwargs = dict(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache), use_cache=True,
+                      logits_to_keep=0 if all_logits else 1)
         with self.lock:
-            out = self.model(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache),
-                             use_cache=True, logits_to_keep=0 if all_logits else 1)
+            out = self._sparse_final(plan, cache, first, len(ids), kwargs) if first else None
+            if out is None:
+                out = self.model(**kwargs)
         logits = out.logits[0]  # [q or 1, V]
         if all_logits and first == 0:
             logits = logits[layout.context_len:]  # [F, V] final-block rows only
         return Prefilled(logits, output_cache(out), layout.total_len, time.perf_counter() - t0)
+
+    def _sparse_final(self, plan: RequestPlan, cache: DynamicCache, past: int, final: int,
+                      kwargs: dict[str, Any]) -> Any:
+        """The final block's forward with :func:`~block_attention.engine.fused.block_sparse_attention` (one SDPA
+        call per layer, key/value heads not expanded), or None when the model's own attention must run it; a forward
+        refused part-way leaves ``cache`` as it was. The caller holds the model lock."""
+        if self.config.final_attention != "sparse" or fused_refusal(self.model) is not None \
+                or getattr(self.model.config, "_attn_implementation", None) != "sdpa":
+            return None
+        assert self.rotary is not None  # block mode was refused at plan() otherwise
+        if any(info.window is not None and info.window < plan.layout.total_len for info in self.rotary.layers):
+            return None  # the window cuts into the prompt: the model's own (windowed) attention runs it
+        state = cache_state(cache)
+        try:
+            with fused_attention(self.model, segments_for(past, [], final)):
+                return self.model(**kwargs)
+        except FusedUnsupported as exc:
+            restore_cache(cache, state)
+            if exc.structural:
+                refuse_fused(self.model, str(exc))
+            return None
 
     @torch.inference_mode()
     def prefill_fused(self, plan: RequestPlan, lookup: Lookup, *, all_logits: bool = False
@@ -382,28 +409,63 @@ class BlockAttentionEngine:
 
     def run_prefill(self, plan: RequestPlan, *, all_logits: bool = False
                     ) -> tuple[Prefilled, Lookup | None, BlockKVs | None, Assembled | None]:
-        """Every stage up to the first token for ``plan``: lookup, encode, assemble (block mode), prefill."""
-        if plan.mode == "block" and plan.layout.blocks:
-            self._warn_quality_once(plan)
-            lookup = self.lookup(plan)
-            if lookup.missing and self.config.cold_prefill == "fused" and fused_refusal(self.model) is None \
-                    and plan.sink_ids is None and not plan.recompute_tokens:
-                try:
-                    return self.prefill_fused(plan, lookup, all_logits=all_logits)
-                except FusedUnsupported as exc:
-                    if exc.structural:  # the model's attention cannot take the fused mask: never again on it
-                        refuse_fused(self.model, str(exc))
-                        logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
-                    else:
-                        logger.info("Fused cold prefill does not fit this request (%s); using the separate path "
-                                    "for it.", exc)
-                except Exception:  # noqa: BLE001  (this request only; the separate path raises a real error again)
-                    logger.warning("Fused cold prefill failed; using the separate path for this request.",
-                                   exc_info=True)
-            blocks = self.encode(plan, lookup)
-            assembled = self.assemble(plan, blocks)
-            return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
-        return self.prefill_final(plan, all_logits=all_logits), None, None, None
+        """Every stage up to the first token for ``plan``: lookup, encode, assemble (block mode), prefill.
+
+        A block-mode request seen before (same blocks, offsets, final block and recovery options; every block still
+        in the store) reuses the final block's KV and logits instead of running it (:mod:`.repeats`); with
+        ``all_logits`` the final block always runs."""
+        if not (plan.mode == "block" and plan.layout.blocks):
+            return self.prefill_final(plan, all_logits=all_logits), None, None, None
+        self._warn_quality_once(plan)
+        lookup = self.lookup(plan)
+        repeat = self._repeat_key(plan) if not all_logits and self.repeats.max_bytes else None
+        if repeat is not None and not lookup.missing:
+            kept = self.repeats.get(repeat)
+            if kept is not None:
+                blocks = self.encode(plan, lookup)  # nothing is missing: gathers the found KV in prompt order
+                assembled = self.assemble(plan, blocks)
+                t0 = time.perf_counter()
+                extend_cache(assembled.cache, kept.keys, kept.values)
+                prefilled = Prefilled(kept.logits.clone(), assembled.cache, plan.layout.total_len,
+                                      time.perf_counter() - t0, reused=True)  # a copy: the caller may write it
+                return prefilled, lookup, blocks, assembled
+        result = self._prefill_blocks(plan, lookup, all_logits)
+        if repeat is not None:
+            self._keep_final(repeat, plan, result[0])
+        return result
+
+    def _prefill_blocks(self, plan: RequestPlan, lookup: Lookup, all_logits: bool
+                        ) -> tuple[Prefilled, Lookup, BlockKVs, Assembled]:
+        if lookup.missing and self.config.cold_prefill == "fused" and fused_refusal(self.model) is None \
+                and plan.sink_ids is None and not plan.recompute_tokens:
+            try:
+                return self.prefill_fused(plan, lookup, all_logits=all_logits)
+            except FusedUnsupported as exc:
+                if exc.structural:  # the model's attention cannot take the fused mask: never again on it
+                    refuse_fused(self.model, str(exc))
+                    logger.info("Fused cold prefill does not fit this model (%s); using the separate path.", exc)
+                else:
+                    logger.info("Fused cold prefill does not fit this request (%s); using the separate path "
+                                "for it.", exc)
+            except Exception:  # noqa: BLE001  (this request only; the separate path raises a real error again)
+                logger.warning("Fused cold prefill failed; using the separate path for this request.",
+                               exc_info=True)
+        blocks = self.encode(plan, lookup)
+        assembled = self.assemble(plan, blocks)
+        return self.prefill_final(plan, assembled, all_logits=all_logits), lookup, blocks, assembled
+
+    def _repeat_key(self, plan: RequestPlan) -> tuple[Any, ...]:
+        """Everything the final block's KV and logits depend on (the block keys carry the model fingerprint)."""
+        return (self.fingerprint, plan.keys, plan.offsets, plan.layout.final_ids, plan.recompute_tokens,
+                plan.sink_ids)
+
+    def _keep_final(self, key: tuple[Any, ...], plan: RequestPlan, prefilled: Prefilled) -> None:
+        """Keep a copy of the final block's KV and last logits of ``plan`` for an exact repeat."""
+        final = len(plan.layout.final_ids)
+        if not final or min(layer_lengths(prefilled.cache)) < final:
+            return  # a sliding-window layer already dropped part of the final block: nothing exact to keep
+        keys, values = stack_layers(prefilled.cache, -final)  # [L, 1, H_kv, F, D] copies
+        self.repeats.put(key, FinalBlock(keys, values, prefilled.logits[-1:].clone()))  # logits [1, V]
 
     def _warn_quality_once(self, plan: RequestPlan) -> None:
         """One warning per engine when plain block mode serves a model that was not block-fine-tuned."""

@@ -74,6 +74,7 @@ class Prefilled:
     cache: DynamicCache
     position: int  # global position of the first generated token
     seconds: float = 0.0
+    reused: bool = False  # an exact repeat: the final block's KV and logits came from the repeat cache
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class RequestStats(HitsByTier):
     new_tokens: int = 0
     recomputed_tokens: int = 0  # context tokens recomputed by recovery (recompute_tokens)
     recompute_s: float = 0.0
+    final_reused: bool = False  # an exact repeat: the final block was not run (engine/repeats.py)
 
     @classmethod
     def of(cls, plan: RequestPlan, lookup: Lookup | None = None, encoded: BlockKVs | None = None,
@@ -116,6 +118,7 @@ class RequestStats(HitsByTier):
             ttft_s=ttft_s, total_s=total_s, new_tokens=new_tokens,
             recomputed_tokens=assembled.recomputed_tokens if assembled else 0,
             recompute_s=assembled.recompute_seconds if assembled else 0.0,
+            final_reused=prefilled.reused if prefilled else False,
         )
 
     def as_dict(self) -> dict[str, Any]:

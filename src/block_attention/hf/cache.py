@@ -17,10 +17,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["DynamicCache", "cache_device", "cache_from", "cache_over", "empty_cache", "is_plain_cache",
-           "layer_tensors", "layer_views", "new_cache", "stack_layers"]
+__all__ = ["CacheState", "DynamicCache", "cache_device", "cache_from", "cache_over", "cache_state", "empty_cache",
+           "extend_cache", "is_plain_cache", "layer_lengths", "layer_tensors", "layer_views", "new_cache",
+           "restore_cache", "stack_layers"]
 
 KV = tuple[torch.Tensor, torch.Tensor]
+CacheState = tuple[int, list[dict[str, object]]]  # (layer count, each layer's attributes): see cache_state
 
 
 def new_cache() -> DynamicCache:
@@ -90,3 +92,34 @@ def empty_cache(cache: DynamicCache) -> None:
     for layer in cache.layers:
         layer.keys = layer.values = None
         layer.is_initialized = False
+
+
+def layer_lengths(cache: DynamicCache) -> list[int]:
+    """How many tokens each layer holds (a sliding-window layer holds at most ``window - 1``)."""
+    return [int(keys.shape[-2]) for keys, _ in layer_tensors(cache)]
+
+
+def extend_cache(cache: DynamicCache, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Append ``keys``/``values`` ``[L, B, H_kv, n, D]`` to every layer of ``cache`` through the cache's own
+    ``update`` (a sliding-window layer trims and counts as it does in a forward pass); the appended tensors are
+    copied into the layers' new storage."""
+    assert keys.shape[0] == values.shape[0] == len(cache.layers), (keys.shape, len(cache.layers))
+    for index in range(keys.shape[0]):
+        cache.update(keys[index], values[index], index)
+
+
+def cache_state(cache: DynamicCache) -> CacheState:
+    """A snapshot of ``cache`` that :func:`restore_cache` can return it to after a forward pass failed part-way.
+
+    Cheap (no tensor is copied): a layer's ``update`` replaces its tensors with new ones (concatenation), never
+    writes into them, so the snapshot's references keep the old contents."""
+    return len(cache.layers), [dict(vars(layer)) for layer in cache.layers]
+
+
+def restore_cache(cache: DynamicCache, state: CacheState) -> None:
+    """Put ``cache`` back to ``state`` (layers appended since are dropped)."""
+    count, layers = state
+    del cache.layers[count:]
+    for layer, saved in zip(cache.layers, layers):
+        vars(layer).clear()
+        vars(layer).update(saved)

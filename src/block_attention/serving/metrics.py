@@ -8,7 +8,8 @@ Exposed at ``GET /metrics`` in the Prometheus text format (``prometheus_client``
   the model thread) histograms; ``block_attention_queue_depth``;
 * ``block_attention_decode_batch_rows`` histogram (requests decoded by each decode forward: above 1 when
   concurrent requests were batched) and ``block_attention_decode_batch_rows_max`` (the largest batch so far);
-* ``block_attention_kv_hits_total{tier}``, ``block_attention_kv_misses_total``;
+* ``block_attention_kv_hits_total{tier}``, ``block_attention_kv_misses_total``, ``block_attention_final_reused_total``
+  (exact repeats: the final block reused);
   ``block_attention_prompt_tokens_total``, ``block_attention_completion_tokens_total``,
   ``block_attention_streamed_pieces_total`` (text pieces produced for streams, cancelled ones included);
 * ``block_attention_kv_tier_bytes{tier}`` / ``block_attention_kv_tier_entries{tier}`` /
@@ -77,6 +78,8 @@ class ServerMetrics:
                                     "The most requests one decode forward has decoded", registry=r)
         self.hits = Counter("block_attention_kv_hits", "Block KV served from a tier, by tier", ["tier"], registry=r)
         self.misses = Counter("block_attention_kv_misses", "Block KV that had to be encoded", registry=r)
+        self.repeats = Counter("block_attention_final_reused", "Requests that were exact repeats: the final "
+                               "block's KV and logits were reused, not computed", registry=r)
         self.prompt_tokens = Counter("block_attention_prompt_tokens", "Prompt tokens of answered requests",
                                      registry=r)
         self.completion_tokens = Counter("block_attention_completion_tokens",
@@ -92,6 +95,8 @@ class ServerMetrics:
         for tier, hits in stats.hits_by_tier.items():
             self.hits.labels(tier).inc(hits)
         self.misses.inc(stats.misses)
+        if stats.final_reused:
+            self.repeats.inc()
         self.prompt_tokens.inc(stats.prompt_tokens)
         self.completion_tokens.inc(stats.new_tokens)
 

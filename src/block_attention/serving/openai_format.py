@@ -7,7 +7,7 @@
   frameworks' one rule (:func:`block_attention.frameworks.options.sampling_from`): ``temperature`` absent or ``0``
   means greedy decoding (deterministic answers); ``temperature > 0`` samples, reproducibly with ``seed``.
 * Responses carry ``usage`` and a ``block_attention`` object (mode, hits and misses per tier, TTFT, queue time,
-  dropped doc ids) next to the standard fields; the last stream chunk carries the same object.
+  dropped doc ids, ``final_reused`` for an exact repeat) next to the standard fields; the last stream chunk carries the same object.
 * :class:`RequestRejected` is the one error type of the routes: it knows its HTTP status and renders as an
   OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` body.
 """
@@ -123,8 +123,8 @@ def block_attention_info(stats: RequestStats, queue_s: float, doc_ids: list[str]
         "mode": stats.mode, "blocks": stats.blocks, "documents": doc_ids,
         "hits": stats.hits, "hits_by_tier": dict(stats.hits_by_tier), "misses": stats.misses,
         "encoded_tokens": stats.encoded_tokens, "dropped": list(stats.dropped),
-        "ttft_ms": round(stats.ttft_s * 1000, 3), "queue_ms": round(queue_s * 1000, 3),
-        "total_ms": round(stats.total_s * 1000, 3),
+        "final_reused": stats.final_reused, "ttft_ms": round(stats.ttft_s * 1000, 3),
+        "queue_ms": round(queue_s * 1000, 3), "total_ms": round(stats.total_s * 1000, 3),
     }
 
 

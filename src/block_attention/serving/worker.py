@@ -95,6 +95,12 @@ class ModelWorker:
         handle.ticket = self.scheduler.submit(job, deliver)
         return handle
 
+    def run_here(self, ready: Callable[[], None] | None = None) -> None:
+        """Run the model loop on the calling thread until :meth:`shutdown` (``block-attention serve`` runs it on
+        the main thread, :func:`~block_attention.serving.runner.run_server`); see
+        :meth:`~block_attention.serving.batching.BatchScheduler.run_here`."""
+        self.scheduler.run_here(ready)
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop after the current decode step; queued and running requests fail (SchedulerClosedError). Waits up
         to ``timeout`` seconds for the model thread to end (a model thread still inside torch when the
