@@ -181,6 +181,7 @@ class Record:
     text: str
     hits: int | None = None
     prompt_tokens: int | None = None  # as the server counted them (must equal the library's layout)
+    final_reused: bool | None = None  # the library: an exact repeat reused the final block (engine/repeats.py)
 
 
 def summarize_row(records: list[Record], reference: list[str] | None, peak_rss: int | None,
@@ -205,6 +206,8 @@ def summarize_row(records: list[Record], reference: list[str] | None, peak_rss: 
     out["texts"] = [r.text for r in records]
     if any(r.hits is not None for r in records):
         out["hits"] = [r.hits for r in records]  # blocks (prompt prefix + passages) found in the store, per request
+    if any(r.final_reused is not None for r in records):
+        out["final_reused"] = {kind: sum(bool(r.final_reused) for r in records if r.kind == kind) for kind in KINDS}
     return out
 
 
@@ -226,7 +229,7 @@ def engine_record(engine: BlockAttentionEngine, request: Request, mode: str, max
     result = engine.generate(list(request.blocks), request.question, mode=mode, max_new_tokens=max_new)
     s = result.stats
     return Record(request.kind, s.ttft_s, s.new_tokens, max(s.total_s - s.ttft_s, 0.0), result.text,
-                  hits=s.hits if mode == "block" else None)
+                  hits=s.hits if mode == "block" else None, final_reused=s.final_reused if mode == "block" else None)
 
 
 def run_engine_row(engine: BlockAttentionEngine, stream: list[Request], mode: str, max_new: int,
@@ -316,7 +319,7 @@ def run_http_row(server: ps.Server, stream: list[Request], body_of: Callable[[Re
         for request in stream:
             ttft, decode, tokens, text, extra, usage = stream_request(client, path, body_of(request))
             records.append(Record(request.kind, ttft, tokens, decode, text, hits=extra.get("hits"),
-                                  prompt_tokens=usage.get("prompt_tokens")))
+                                  prompt_tokens=usage.get("prompt_tokens"), final_reused=extra.get("final_reused")))
     return records
 
 

@@ -36,6 +36,7 @@ def test_cache_over_adopts_full_layers_and_matches_the_public_constructor():
     import torch
     from transformers import DynamicCache
 
+    from block_attention.hf.cache import GrowingLayer
     from block_attention.hf.compat import cache_over
     from block_attention.testing import tiny_model
 
@@ -46,7 +47,8 @@ def test_cache_over_adopts_full_layers_and_matches_the_public_constructor():
     adopted = cache_over(layers)
     copied = DynamicCache(ddp_cache_data=[(k, v) if w is None else (k, v, torch.tensor(w)) for k, v, w in layers])
     for layer, twin, (k, v, w) in zip(adopted.layers, copied.layers, layers):
-        assert type(layer) is type(twin) and layer.get_seq_length() == twin.get_seq_length()
+        assert type(layer) is (GrowingLayer if w is None else type(twin))  # full layers append in place
+        assert isinstance(layer, type(twin)) and layer.get_seq_length() == twin.get_seq_length()
         assert torch.equal(layer.keys, twin.keys) and torch.equal(layer.values, twin.values)
         assert (layer.keys.data_ptr() == k.data_ptr()) == (w is None)  # full layers: no copy
     assert adopted.get_seq_length() == 9

@@ -1,7 +1,9 @@
 """Assembly: re-encode cached blocks to their prompt offsets and concatenate them into a transformers cache.
 
 Input blocks are read, never written: every block's keys are rotated straight into their slice of one new
-``[L, H_kv, T, D]`` tensor (one read, one write) and the values are concatenated into another. The float32
+``[L, H_kv, T + G, D]`` tensor (one read, one write) and the values are copied into another; both keep room for
+``G`` = :data:`~block_attention.hf.cache.GROWTH_TOKENS` more tokens, so the final block and the first decode
+steps append in place (:class:`~block_attention.hf.cache.GrowingLayer`) instead of copying the cache. The float32
 temporaries of a rotation cover about 1 MB of one block's layers at a time, so they stay in the CPU's cache
 (3K SmolLM2 tokens in bf16 on a 2-core AMX machine: 14 ms, against 24 ms with 32 MB chunks). All tokens of a block
 move by the same offset, so one cos/sin pair per frequency serves the whole block. Each layer gets the cache type
@@ -17,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from block_attention.core.kv import BlockKV
-from block_attention.hf.compat import cache_over
+from block_attention.hf.cache import GROWTH_TOKENS, cache_over
 from block_attention.hf.rope import RotaryInfo, rotate_block_into
 
 ROTATION_CHUNK_BYTES = 1 << 20  # float32 temporaries of a rotation stay under about twice this (one layer at least)
@@ -31,14 +33,18 @@ def assemble_cache(blocks: Sequence[BlockKV], offsets: Sequence[int], rotary: Ro
     layers, heads, _, dim = blocks[0].keys.shape
     assert layers == len(rotary.layers), (layers, len(rotary.layers))
     total = sum(b.n_tokens for b in blocks)
-    keys = torch.empty((layers, heads, total, dim), dtype=blocks[0].keys.dtype, device=device)  # [L, H_kv, T, D]
-    values = torch.cat([b.values.to(device) for b in blocks], dim=2)  # [L, H_kv, T, D] new storage
+    room = total + GROWTH_TOKENS  # the final block and the first decode steps append in place
+    keys = torch.empty((layers, heads, room, dim), dtype=blocks[0].keys.dtype, device=device)  # [L, H_kv, T+G, D]
+    values = torch.empty((layers, heads, room, blocks[0].values.shape[-1]), dtype=blocks[0].values.dtype,
+                         device=device)  # [L, H_kv, T+G, Dv]
     start = 0
     for block, offset in zip(blocks, offsets):
-        move_keys(keys[:, :, start:start + block.n_tokens], block.keys.to(device), offset, rotary)
-        start += block.n_tokens
-    return cache_over([(keys[i][None], values[i][None], info.window)  # [1, H_kv, T, D] each
-                       for i, info in enumerate(rotary.layers)])
+        end = start + block.n_tokens
+        move_keys(keys[:, :, start:end], block.keys.to(device), offset, rotary)
+        values[:, :, start:end].copy_(block.values)
+        start = end
+    return cache_over([(keys[i][None], values[i][None], info.window)  # [1, H_kv, T+G, D] each
+                       for i, info in enumerate(rotary.layers)], held=total)
 
 
 @torch.no_grad()

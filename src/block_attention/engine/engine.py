@@ -322,7 +322,7 @@ class BlockAttentionEngine:
                                   "assemble() first, or plan the request with mode='full'.")
             cache, ids, first = assembled.cache, list(layout.final_ids), layout.context_len
         else:
-            cache, ids, first = new_cache(), layout.input_ids(), 0
+            cache, ids, first = new_cache(growing=True), layout.input_ids(), 0
         device = self.device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, q]
         positions = torch.arange(first, first + len(ids), device=device)[None]  # [1, q]

@@ -7,7 +7,8 @@
   frameworks' one rule (:func:`block_attention.frameworks.options.sampling_from`): ``temperature`` absent or ``0``
   means greedy decoding (deterministic answers); ``temperature > 0`` samples, reproducibly with ``seed``.
 * Responses carry ``usage`` and a ``block_attention`` object (mode, hits and misses per tier, TTFT, queue time,
-  dropped doc ids, ``final_reused`` for an exact repeat) next to the standard fields; the last stream chunk carries the same object.
+  dropped doc ids, ``final_reused`` for an exact repeat) next to the standard fields; the last stream chunk
+  carries the same object.
 * :class:`RequestRejected` is the one error type of the routes: it knows its HTTP status and renders as an
   OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` body.
 """
