@@ -5,7 +5,8 @@
 #   bash benchmarks/peers_setup.sh all        -> both (the default)
 # BA_PEERS_DIR defaults to ~/.cache/block-attention/peers. Idempotent: a venv whose peer already imports is left
 # as it is (say so and move on); delete the venv folder to reinstall. Prints each step it takes.
-# LLAMA_CMAKE_ARGS overrides the CPU features llama.cpp is built for (default: those /proc/cpuinfo reports).
+# LLAMA_CMAKE_ARGS overrides the CPU features llama.cpp is built for (default: those /proc/cpuinfo reports, AMX
+# only with BA_LLAMA_AMX=1).
 set -euo pipefail
 
 PEERS_DIR=${BA_PEERS_DIR:-$HOME/.cache/block-attention/peers}
@@ -83,7 +84,9 @@ llama_cmake_args() {
   has avx512vbmi && args+=" -DGGML_AVX512_VBMI=ON"
   has avx512_vnni && args+=" -DGGML_AVX512_VNNI=ON"
   has avx512_bf16 && args+=" -DGGML_AVX512_BF16=ON"
-  has amx_tile && args+=" -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON"
+  # AMX stays off unless BA_LLAMA_AMX=1: with it, 0.3.36 died of SIGILL on its first Q4_1 prompt on a 2-vCPU AMX
+  # VM (2026-12-03; the kernels take Q4_0/Q4_1/Q8_0), while the AVX-512 build serves the same prompts.
+  if [ "${BA_LLAMA_AMX:-0}" = "1" ] && has amx_tile; then args+=" -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON"; fi
   echo "$args"
 }
 
