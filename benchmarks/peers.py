@@ -665,17 +665,25 @@ def ratios(rows: dict[str, Any]) -> dict[str, Any]:
         return rows.get(row, {}).get(kind, {}).get("ttft_p50_ms")
 
     out: dict[str, Any] = {}
-    warm = "library_warm_memory"
-    for peer in ("vllm", "llamacpp", "transformers_prefix", "transformers_full"):
-        for kind in KINDS:
-            a, b = p50(peer, kind), p50(warm, kind)
+    # the float32 rows, and (where they ran) the bf16 rows: dtype for dtype against a peer serving bf16
+    for suffix in ("", "_bf16"):
+        warm = "library_warm_memory" + suffix
+        for peer in ("vllm", "llamacpp", "transformers_prefix", "transformers_full"):
+            for kind in KINDS:
+                a, b = p50(peer, kind), p50(warm, kind)
+                if a and b:
+                    out[f"{peer}_{kind}_over_warm{suffix}"] = round(a / b, 2)
+        cold = "library_cold" + suffix
+        peers_first = {p: p50(p, "first") for p in ("vllm", "llamacpp", "transformers_full") if p50(p, "first")}
+        if peers_first and p50(cold, "first"):
+            fastest = min(peers_first, key=peers_first.get)
+            out[f"fastest_peer_full_prefill{suffix}"] = fastest
+            out[f"fastest_peer_first_over_cold{suffix}"] = round(peers_first[fastest] / p50(cold, "first"), 2)
+    for peer in ("vllm", "llamacpp"):  # through HTTP on both sides
+        for kind in ("same", "reordered"):
+            a, b = p50(peer, kind), p50("library_http", kind)
             if a and b:
-                out[f"{peer}_{kind}_over_warm"] = round(a / b, 2)
-    peers_first = {p: p50(p, "first") for p in ("vllm", "llamacpp", "transformers_full") if p50(p, "first")}
-    if peers_first and p50("library_cold", "first"):
-        fastest = min(peers_first, key=peers_first.get)
-        out["fastest_peer_full_prefill"] = fastest
-        out["fastest_peer_first_over_cold"] = round(peers_first[fastest] / p50("library_cold", "first"), 2)
+                out[f"{peer}_{kind}_over_http"] = round(a / b, 2)
     for row in ("library_cold", "library_warm_memory"):
         if p50(row, "first") and p50(row + "_bf16", "first"):
             out[f"{row}_fp32_over_bf16"] = round(p50(row, "first") / p50(row + "_bf16", "first"), 2)
