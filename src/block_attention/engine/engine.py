@@ -9,8 +9,9 @@ The work is split into public stages, each a method with a typed result (:mod:`b
   stores them;
 * :meth:`~BlockAttentionEngine.assemble` re-rotates every block's keys to its offset and concatenates them into a
   fresh cache;
-* :meth:`~BlockAttentionEngine.prefill_final` runs the final block over that cache (block mode) or every token
-  (full mode);
+* :meth:`~BlockAttentionEngine.prefill_final` runs the final block over that cache (block mode; one SDPA call
+  per layer, :meth:`_sparse_final`) or every token (full mode); :meth:`~BlockAttentionEngine.run_prefill` skips it
+  for an exact repeat of a layout, reusing the final block's KV and logits (:mod:`block_attention.engine.repeats`);
 * :meth:`~BlockAttentionEngine.decode` generates (greedy or sampled, stop strings, streaming; the rules live in
   :class:`~block_attention.engine.decoding.DecodeState`, shared with the batch scheduler of
   :mod:`block_attention.serving.batching`).

@@ -16,6 +16,10 @@ Exactness: the attention pattern is the block mask, the positions are the oracle
 masked forward up to float rounding (float32 tests <= 1e-4). Stored keys carry one extra rounding (rotate back)
 compared with encoding alone; in bfloat16 that is one ulp.
 
+The same attention function, with no missing blocks, runs the final block of every block-mode request on an
+``sdpa`` model (``EngineConfig(final_attention="sparse")``, :meth:`BlockAttentionEngine._sparse_final`): one SDPA
+call per layer with the key/value heads not expanded, where the model's own sdpa path would first repeat them.
+
 Limits (checked while the forward runs; the engine then falls back to the separate path): soft-capped logits and
 attention sinks are structural (the model's attention cannot take the fused mask: :func:`refuse_fused` records the
 reason per model and the fused path is not tried again on it); a sliding window shorter than the prompt is a
