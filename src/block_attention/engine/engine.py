@@ -317,7 +317,8 @@ class BlockAttentionEngine:
         or a request without blocks). ``all_logits`` keeps one row per final-block token."""
         t0 = time.perf_counter()
         layout = plan.layout
-        if plan.mode == "block" and layout.blocks:
+        block = plan.mode == "block" and bool(layout.blocks)
+        if block:
             if assembled is None:
                 raise ConfigError("prefill_final needs the assembled cache of a block-mode request; call "
                                   "assemble() first, or plan the request with mode='full'.")
@@ -330,7 +331,7 @@ class BlockAttentionEngine:
         kwargs = dict(input_ids=input_ids, position_ids=positions, **cache_kwargs(self.model, cache), use_cache=True,
                       logits_to_keep=0 if all_logits else 1)
         with self.lock:
-            out = self._sparse_final(plan, cache, first, len(ids), kwargs) if first else None
+            out = self._sparse_final(plan, cache, first, len(ids), kwargs) if block else None
             if out is None:
                 out = self.model(**kwargs)
         logits = out.logits[0]  # [q or 1, V]
@@ -346,9 +347,8 @@ class BlockAttentionEngine:
         if self.config.final_attention != "sparse" or fused_refusal(self.model) is not None \
                 or getattr(self.model.config, "_attn_implementation", None) != "sdpa":
             return None
-        assert self.rotary is not None  # block mode was refused at plan() otherwise
-        if any(info.window is not None and info.window < plan.layout.total_len for info in self.rotary.layers):
-            return None  # the window cuts into the prompt: the model's own (windowed) attention runs it
+        if self._window_cuts(plan):
+            return None  # the model's own (windowed) attention runs it
         state = cache_state(cache)
         try:
             with fused_attention(self.model, segments_for(past, [], final)):
@@ -435,10 +435,16 @@ class BlockAttentionEngine:
             self._keep_final(repeat, plan, result[0])
         return result
 
+    def _window_cuts(self, plan: RequestPlan) -> bool:
+        """Whether a sliding window of the model is shorter than ``plan``'s prompt: block-sparse attention (fused
+        cold prefill, sparse final attention) would refuse it part-way through the forward, so it is not tried."""
+        assert self.rotary is not None  # block mode was refused at plan() otherwise
+        return any(info.window is not None and info.window < plan.layout.total_len for info in self.rotary.layers)
+
     def _prefill_blocks(self, plan: RequestPlan, lookup: Lookup, all_logits: bool
                         ) -> tuple[Prefilled, Lookup, BlockKVs, Assembled]:
         if lookup.missing and self.config.cold_prefill == "fused" and fused_refusal(self.model) is None \
-                and plan.sink_ids is None and not plan.recompute_tokens:
+                and plan.sink_ids is None and not plan.recompute_tokens and not self._window_cuts(plan):
             try:
                 return self.prefill_fused(plan, lookup, all_logits=all_logits)
             except FusedUnsupported as exc:

@@ -22,8 +22,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 __all__ = ["GROWTH_TOKENS", "CacheState", "DynamicCache", "GrowingLayer", "cache_device", "cache_from", "cache_over",
-           "cache_state", "empty_cache", "extend_cache", "is_plain_cache", "layer_lengths", "layer_tensors", "layer_views", "new_cache",
-           "restore_cache", "stack_layers"]
+           "cache_state", "empty_cache", "extend_cache", "is_plain_cache", "layer_lengths", "layer_tensors",
+           "layer_views", "new_cache", "restore_cache", "stack_layers"]
 
 KV = tuple[torch.Tensor, torch.Tensor]
 CacheState = tuple[int, list[dict[str, object]]]  # (layer count, each layer's attributes): see cache_state
@@ -190,7 +190,7 @@ def layer_lengths(cache: DynamicCache) -> list[int]:
 def extend_cache(cache: DynamicCache, keys: torch.Tensor, values: torch.Tensor) -> None:
     """Append ``keys``/``values`` ``[L, B, H_kv, n, D]`` to every layer of ``cache`` through the cache's own
     ``update`` (a sliding-window layer trims and counts as it does in a forward pass); the appended tensors are
-    copied into the layers' new storage."""
+    copied into the layers' storage (a growing layer's room, or a sliding layer's new tensors)."""
     assert keys.shape[0] == values.shape[0] == len(cache.layers), (keys.shape, len(cache.layers))
     for index in range(keys.shape[0]):
         cache.update(keys[index], values[index], index)
@@ -199,8 +199,9 @@ def extend_cache(cache: DynamicCache, keys: torch.Tensor, values: torch.Tensor) 
 def cache_state(cache: DynamicCache) -> CacheState:
     """A snapshot of ``cache`` that :func:`restore_cache` can return it to after a forward pass failed part-way.
 
-    Cheap (no tensor is copied): a layer's ``update`` replaces its tensors with new ones (concatenation), never
-    writes into them, so the snapshot's references keep the old contents."""
+    Cheap (no tensor is copied): a layer's ``update`` either replaces its tensors with new ones (concatenation) or,
+    a :class:`GrowingLayer`, writes only past the tokens it holds; either way the snapshot's tensors keep their
+    contents, and a restored growing layer appends again right after them."""
     return len(cache.layers), [dict(vars(layer)) for layer in cache.layers]
 
 
